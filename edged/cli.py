@@ -1,0 +1,259 @@
+"""The ``edged`` command: thin – parse, call the daemon or the client, print, exit.
+
+Exit status: 0 success; 2 usage; otherwise the class of the error
+(:data:`edged.errors.EXIT_STATUS`): 3 bad request, 4 unknown model/version,
+5 retry later (throttled, shutting down), 6 model refused, 7 bad config,
+8 no/unreadable reply (daemon not running?), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edged import __version__
+from edged.errors import EdgedError
+
+
+# -- logging -------------------------------------------------------------------------------
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        # journald adds the time and unit; keep the line short.
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("edged")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edged import config as config_mod
+    from edged.server.daemon import Daemon
+
+    overrides = {
+        "server.endpoint": args.endpoint, "server.control_endpoint": args.control_endpoint,
+        "repository.path": args.models or os.environ.get("EDGED_MODELS") or None,
+        "server.log_level": args.log_level, "server.log_format": args.log_format,
+        "runtime.backend": args.runtime or os.environ.get("EDGED_RUNTIME") or None,
+        "runtime.delegate": args.delegate, "server.workers": args.workers,
+    }
+    setup_logging(args.log_level or "info", args.log_format or "text")
+    try:
+        cfg = config_mod.load(args.config, overrides)
+        setup_logging(cfg.server.log_level, cfg.server.log_format)
+        daemon = Daemon(cfg, config_path=args.config, overrides=overrides)
+        daemon.run()
+    except EdgedError as exc:
+        logging.getLogger("edged").error("%s", exc)
+        return exc.exit_status
+    return 0
+
+
+def _client(args: argparse.Namespace, control: bool = False) -> Any:
+    from edged.client import Client
+
+    if control:
+        return Client.control(args.control_endpoint, timeout=args.timeout)
+    return Client(args.endpoint, timeout=args.timeout)
+
+
+def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str] | None = None) -> None:
+    if args.json or text is None:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text(data))
+
+
+def _load_input(path: Path) -> tuple[str, Any]:
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return "tensor", np.load(path, allow_pickle=False)
+    if path.suffix == ".npz":
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as z:
+            return "tensor", {k: z[k] for k in z.files}
+    return "image", path.read_bytes()
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    kind, data = _load_input(Path(args.file))
+    with _client(args) as c:
+        if kind == "image":
+            r = c.predict_image(data, model=args.model, top_k=args.top, priority=args.priority,
+                                deadline_ms=args.deadline_ms)
+        else:
+            r = c.predict(data, model=args.model, top_k=args.top, priority=args.priority,
+                          deadline_ms=args.deadline_ms)
+    if args.json:
+        out = {"model": r.model, "version": r.version, "delegate": r.delegate, "runtime": r.runtime,
+               "profile": r.profile, "timing": r.timing, "top_k": r.top_k,
+               "outputs": [{"dtype": o.dtype.name, "shape": list(o.shape), "data": o.tolist()} for o in r.outputs]}
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{r.model}/{r.version} ({r.delegate}, {r.timing.get('total_us', 0) / 1000:.2f} ms)")
+    if r.top_k:
+        for entry in r.top_k:
+            print(f"  {entry['label']:>12}  {entry['score']:.4f}")
+    else:
+        for i, o in enumerate(r.outputs):
+            print(f"  output {i}: {o.dtype.name}{list(o.shape)} {o.reshape(-1)[:10].tolist()}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        data = c.info(args.model)
+
+    def text(d: dict[str, Any]) -> str:
+        lines = []
+        for m in d["models"]:
+            lines.append(f"{m['model']}/{m['version']}  {m['runtime']}  delegate={m['delegate']}  file={m['file']}")
+            for kind in ("inputs", "outputs"):
+                for t in m[kind]:
+                    lines.append(f"  {kind[:-1]:6} {t['name']}: {t['dtype']}{t['shape']}")
+        return "\n".join(lines)
+
+    _print(args, data, text)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        data = c.health()
+    _print(args, data, lambda d: d["status"] + "".join(f"\n  {p}" for p in d["problems"]))
+    return 0 if data["status"] == "ok" else 1
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    lines = [f"edged {d['edged']}  pid {d['pid']}  {d['state']}  health={d['health']}  up {d['uptime_s']:.0f}s",
+             f"runtime {d['runtime']}  profile {d['profile']}  queue {d['queue_depth']}  "
+             f"workers {d['workers']['busy']}/{d['workers']['total']} busy",
+             f"predict {d['endpoints']['predict']}  control {d['endpoints']['control']}",
+             f"repository {d['repository']}"]
+    for m in d["models"]:
+        lines.append(f"  {m['model']}: {m.get('version') or '-'} ({m.get('delegate', '-')})")
+        for v, why in m.get("errors", {}).items():
+            lines.append(f"    {v}: {why}")
+    return "\n".join(lines)
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    with _client(args, control=True) as c:
+        if args.ctl == "status":
+            _print(args, c.status(), _status_text)
+        elif args.ctl == "stats":
+            data = c.stats()["stats"]
+            if args.prometheus:
+                from edged.server.metrics import prometheus_text
+
+                sys.stdout.write(prometheus_text(data))
+            else:
+                _print(args, data)
+        else:
+            head, _ = c.call(args.ctl)
+            head = {k: v for k, v in head.items() if k not in ("v", "id", "op", "ok")}
+            _print(args, head, lambda d: ", ".join(f"{k}={v}" for k, v in d.items()) or "ok")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edged", description="On-device TFLite inference daemon.")
+    p.add_argument("--version", action="version", version=f"edged {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def client_opts(sp: argparse.ArgumentParser, control: bool = False) -> None:
+        if control:
+            sp.add_argument("--control-endpoint", default=None, help="default $EDGED_CONTROL_ENDPOINT or the runtime dir")
+        else:
+            sp.add_argument("--endpoint", default=None, help="default $EDGED_ENDPOINT or the runtime dir")
+        sp.add_argument("--timeout", type=float, default=float(os.environ.get("EDGED_TIMEOUT", "10")))
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = sub.add_parser("serve", help="run the daemon in the foreground")
+    s.add_argument("--config", default=None, help="TOML file (default $EDGED_CONFIG, /etc/edged/edged.toml)")
+    s.add_argument("--models", default=None, help="model repository (default $EDGED_MODELS, ./models)")
+    s.add_argument("--endpoint", default=None)
+    s.add_argument("--control-endpoint", default=None)
+    s.add_argument("--runtime", default=None, choices=["auto", "litert", "tflite-runtime", "tensorflow"])
+    s.add_argument("--delegate", default=None, choices=["auto", "edgetpu", "xnnpack", "cpu"])
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-format", default=None, choices=["text", "json"])
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("predict", help="run one prediction on a .npy/.npz tensor or an image")
+    client_opts(s)
+    s.add_argument("--model", default=None)
+    s.add_argument("--top", type=int, default=5, help="top-k labels for classifiers (0: raw outputs)")
+    s.add_argument("--priority", choices=["low", "normal", "high"], default=None)
+    s.add_argument("--deadline-ms", type=float, default=None)
+    s.add_argument("file")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("info", help="describe the serving model(s)")
+    client_opts(s)
+    s.add_argument("--model", default=None)
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("health", help="exit 0 if the daemon is healthy")
+    client_opts(s)
+    s.set_defaults(func=cmd_health)
+
+    s = sub.add_parser("ctl", help="control the running daemon")
+    client_opts(s, control=True)
+    ctl = s.add_subparsers(dest="ctl", required=True)
+    ctl.add_parser("status", help="state, models, versions, profile")
+    st = ctl.add_parser("stats", help="counters and latency")
+    st.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
+    ctl.add_parser("reload", help="re-read config and rescan the repository (SIGHUP)")
+    ctl.add_parser("quit", help="drain and stop (SIGTERM)")
+    s.set_defaults(func=cmd_ctl)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Client subcommands share --json/--timeout after the subcommand; ctl's live on "ctl".
+    for name in ("json", "endpoint", "control_endpoint", "timeout"):
+        if not hasattr(args, name):
+            setattr(args, name, None if name != "json" else False)
+    try:
+        return int(args.func(args) or 0)
+    except EdgedError as exc:
+        print(f"edged: {exc.code.value}: {exc.message}", file=sys.stderr)
+        return exc.exit_status
+    except FileNotFoundError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The Python client: three lines to a prediction.
+
+::
+
+    from edged import Client
+    c = Client()                        # default endpoint, or Client("ipc:///run/edged/edged.sock")
+    r = c.predict(x)                    # ndarray, {name: ndarray}, or [ndarray, ...]
+    r.outputs, r.model, r.version
+
+Imports only :mod:`edged.protocol` and :mod:`edged.errors`.  A client is not
+thread-safe: use one per thread.  Every call has a timeout; when it expires the
+socket is closed and reopened (the "Lazy Pirate" pattern) so a lost reply can
+never wedge the client, and :class:`~edged.errors.TransportError` is raised.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from edged import protocol
+from edged.errors import ErrorCode, Throttled, TransportError, from_wire
+
+
+def _runtime_dir() -> str:
+    # Mirrors edged.config.runtime_dir without importing the daemon's config module.
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return os.environ["RUNTIME_DIRECTORY"].split(":")[0]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "edged")
+    return f"/tmp/edged-{os.getuid()}"
+
+
+def default_endpoint() -> str:
+    return os.environ.get("EDGED_ENDPOINT") or f"ipc://{_runtime_dir()}/edged.sock"
+
+
+def default_control_endpoint() -> str:
+    return os.environ.get("EDGED_CONTROL_ENDPOINT") or f"ipc://{_runtime_dir()}/control.sock"
+
+
+@dataclass
+class Prediction:
+    outputs: list[np.ndarray]
+    model: str
+    version: str
+    delegate: str
+    runtime: str
+    profile: str | None
+    timing: dict[str, int]
+    top_k: list[dict[str, Any]] | None = None
+    header: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class Client:
+    """A connection to one edged endpoint (predict by default; see :meth:`control`)."""
+
+    def __init__(self, endpoint: str | None = None, timeout: float = 5.0, *,
+                 context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout = timeout
+        self._ctx = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}-{id(self) & 0xFFFFFF:x}-"
+        self._sock: zmq.Socket | None = None
+
+    @classmethod
+    def control(cls, endpoint: str | None = None, timeout: float = 5.0) -> Client:
+        """A client for the control endpoint (status, reload, swap, ...)."""
+        return cls(endpoint or default_control_endpoint(), timeout)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _reset(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def close(self) -> None:
+        self._reset()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, op: str, arrays: Sequence[np.ndarray] | Sequence[bytes] = (), *, timeout: float | None = None,
+             **fields: Any) -> tuple[dict[str, Any], list[zmq.Frame]]:
+        """Send one request and wait for its reply; returns (header, data frames).
+
+        Raises :class:`TransportError` on timeout (``TIMEOUT``) or an unreadable
+        reply (``PROTOCOL_ERROR``), and the typed error for an error reply.
+        """
+        request_id = f"{self._prefix}{next(self._ids)}"
+        header = {"v": protocol.PROTOCOL_VERSION, "id": request_id, "op": op,
+                  **{k: v for k, v in fields.items() if v is not None}}
+        frames: list[Any] = [protocol.dumps(header)]
+        for a in arrays:
+            frames.append(a if isinstance(a, (bytes, bytearray, memoryview)) else memoryview(a).cast("B"))
+        sock = self._socket()
+        sock.send_multipart(frames, copy=False)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(remaining * 1000):
+                self._reset()  # Lazy Pirate: a late reply must not be read as the next call's
+                raise TransportError(f"no reply from {self.endpoint} within {wait:.1f}s (is edged running?)",
+                                     code=ErrorCode.TIMEOUT)
+            reply = sock.recv_multipart(copy=False)
+            try:
+                head = protocol.parse_header(reply[0].buffer, max_bytes=1 << 24)
+            except Exception as exc:
+                self._reset()
+                raise TransportError(f"unreadable reply from {self.endpoint}: {exc}", code=ErrorCode.PROTOCOL_ERROR) from None
+            if head.get("id") != request_id and head.get("id") is not None:
+                continue  # a stale reply to an earlier request; skip it
+            if not head.get("ok"):
+                raise from_wire(head.get("error") or {"code": "INTERNAL", "message": "error reply without error"})
+            return head, reply[1:]
+
+    # -- operations --------------------------------------------------------------------------
+
+    def predict(self, inputs: np.ndarray | Mapping[str, np.ndarray] | Sequence[np.ndarray], *,
+                model: str | None = None, deadline_ms: float | None = None, priority: str | None = None,
+                top_k: int = 0, retry_throttled: int = 0, timeout: float | None = None) -> Prediction:
+        """Run one inference.
+
+        ``inputs`` is one ndarray (single-input model), a dict name → ndarray,
+        or a list in the model's input order.  With ``retry_throttled=N`` a
+        ``THROTTLED`` reply is retried up to N times after its ``retry_after_ms``;
+        otherwise :class:`~edged.errors.Throttled` is raised.
+        """
+        if isinstance(inputs, Mapping):
+            named = [(str(k), protocol.as_wire_array(v)) for k, v in inputs.items()]
+        elif isinstance(inputs, np.ndarray):
+            named = [(None, protocol.as_wire_array(inputs))]
+        else:
+            named = [(None, protocol.as_wire_array(v)) for v in inputs]
+        metas = [protocol.tensor_meta(a, n) for n, a in named]
+        return self._predict(metas, [a for _, a in named], model=model, deadline_ms=deadline_ms,
+                             priority=priority, top_k=top_k, retry_throttled=retry_throttled, timeout=timeout)
+
+    def predict_image(self, image: bytes | str | os.PathLike[str], *, model: str | None = None,
+                      input_name: str | None = None, top_k: int = 0, deadline_ms: float | None = None,
+                      priority: str | None = None, retry_throttled: int = 0,
+                      timeout: float | None = None) -> Prediction:
+        """Send an encoded JPEG/PNG (bytes or a path); the daemon decodes and preprocesses it."""
+        data = image if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
+        meta: dict[str, Any] = {"encoding": "image"}
+        if input_name:
+            meta["name"] = input_name
+        return self._predict([meta], [bytes(data)], model=model, deadline_ms=deadline_ms, priority=priority,
+                             top_k=top_k, retry_throttled=retry_throttled, timeout=timeout)
+
+    def _predict(self, metas: list[dict[str, Any]], payload: list[Any], *, retry_throttled: int,
+                 timeout: float | None, **fields: Any) -> Prediction:
+        attempt = 0
+        while True:
+            try:
+                head, frames = self.call("predict", payload, inputs=metas, timeout=timeout,
+                                         **{k: v for k, v in fields.items() if v not in (None, 0)})
+                break
+            except Throttled as exc:
+                if attempt >= retry_throttled:
+                    raise
+                attempt += 1
+                time.sleep(max(exc.retry_after_ms, 1) / 1000.0)
+        descs = head.get("outputs", [])
+        if len(descs) != len(frames):
+            raise TransportError(f"reply describes {len(descs)} outputs but carries {len(frames)} frames",
+                                 code=ErrorCode.PROTOCOL_ERROR)
+        try:
+            outputs = [protocol.array_from_frame(d, f.buffer, i) for i, (d, f) in enumerate(zip(descs, frames))]
+        except Exception as exc:
+            raise TransportError(f"bad output frames: {exc}", code=ErrorCode.PROTOCOL_ERROR) from None
+        return Prediction(outputs, head.get("model", ""), head.get("version", ""), head.get("delegate", ""),
+                          head.get("runtime", ""), head.get("profile"), head.get("timing", {}),
+                          head.get("top_k"), head)
+
+    def info(self, model: str | None = None) -> dict[str, Any]:
+        return self.call("info", model=model)[0]
+
+    def health(self) -> dict[str, Any]:
+        return self.call("health")[0]
+
+    def stats(self) -> dict[str, Any]:
+        return self.call("stats")[0]
+
+    def status(self) -> dict[str, Any]:
+        """Daemon status (control endpoint only)."""
+        return self.call("status")[0]

@@ -1,0 +1,296 @@
+"""Typed configuration with defaults, loaded and validated in one place.
+
+Every setting has a default, so edged runs with no file at all.  A TOML file
+(``--config``, ``$EDGED_CONFIG``, else ``/etc/edged/edged.toml`` when present)
+overrides defaults, and command-line flags override the file.  Everything that
+can fail happens in :func:`load`, which raises :class:`~edged.errors.ConfigError`
+naming the bad key and value; only the CLI turns that into an exit.
+
+The full reference with every key is docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from edged.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/edged/edged.toml")
+
+Backend = Literal["auto", "litert", "tflite-runtime", "tensorflow"]
+Delegate = Literal["auto", "edgetpu", "xnnpack", "cpu"]
+Activation = Literal["auto", "manual"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def runtime_dir(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    """Where sockets live: ``$RUNTIME_DIRECTORY`` (systemd), ``$XDG_RUNTIME_DIR/edged``, ``/tmp/edged-<uid>``."""
+    if environ.get("RUNTIME_DIRECTORY"):
+        # systemd may pass several colon-separated directories; the first is ours.
+        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])
+    if environ.get("XDG_RUNTIME_DIR"):
+        return Path(environ["XDG_RUNTIME_DIR"]) / "edged"
+    return Path(f"/tmp/edged-{os.getuid()}")
+
+
+def default_endpoint(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    return environ.get("EDGED_ENDPOINT") or f"ipc://{runtime_dir(environ)}/edged.sock"
+
+
+def default_control_endpoint(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    return environ.get("EDGED_CONTROL_ENDPOINT") or f"ipc://{runtime_dir(environ)}/control.sock"
+
+
+def default_models_path(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    if environ.get("EDGED_MODELS"):
+        return Path(environ["EDGED_MODELS"])
+    if environ.get("STATE_DIRECTORY"):
+        return Path(environ["STATE_DIRECTORY"].split(":")[0]) / "models"
+    return Path("models")
+
+
+@dataclass
+class ServerConfig:
+    endpoint: str = ""  # "" = default_endpoint()
+    control_endpoint: str = ""
+    #: Allow TCP endpoints on non-loopback addresses (off: edged is a local service until CURVE lands).
+    allow_remote: bool = False
+    workers: int = 2
+    queue_size: int = 64
+    grace_period_s: float = 10.0
+    tick_s: float = 1.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    #: Longest a single invoke() may run before the daemon calls itself unhealthy.
+    stuck_invoke_s: float = 30.0
+    socket_group: str = ""
+    predict_socket_mode: int = 0o660
+    control_socket_mode: int = 0o600
+    metrics_endpoint: str = ""
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+
+
+@dataclass
+class RuntimeConfig:
+    backend: Backend = "auto"
+    delegate: Delegate = "auto"
+    edgetpu_device: str = ""
+    edgetpu_library: str = "libedgetpu.so.1"
+    #: Threads per interpreter; 0 = let the runtime decide.
+    num_threads: int = 1
+
+
+@dataclass
+class ProbationConfig:
+    seconds: float = 60.0
+    requests: int = 100
+    max_error_rate: float = 0.05
+    max_nonfinite_rate: float = 0.0
+    max_p95_ratio: float = 3.0
+    tries: int = 1
+
+
+@dataclass
+class ModelPolicy:
+    activation: Activation = "auto"
+    keep_previous: bool = False
+    probation: ProbationConfig = field(default_factory=ProbationConfig)
+
+
+@dataclass
+class RepositoryConfig:
+    path: str = ""  # "" = default_models_path()
+    activation: Activation = "auto"
+    keep_previous: bool = False
+    settle_s: float = 2.0
+    validation_timeout_s: float = 30.0
+    watch: bool = True
+    probation: ProbationConfig = field(default_factory=ProbationConfig)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def policy_for(self, model: str) -> ModelPolicy:
+        """The effective activation/keep_previous/probation for ``model``."""
+        over = self.models.get(model, {})
+        probation = dataclasses.replace(self.probation, **over.get("probation", {}))
+        return ModelPolicy(
+            activation=over.get("activation", self.activation),
+            keep_previous=over.get("keep_previous", self.keep_previous),
+            probation=probation,
+        )
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    repository: RepositoryConfig = field(default_factory=RepositoryConfig)
+    #: The raw [power] table; validated by edged.power.config in load().
+    power: dict[str, Any] = field(default_factory=dict)
+    source: str = "defaults"
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.repository.path) if self.repository.path else default_models_path()
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint or default_endpoint()
+
+    @property
+    def control_endpoint(self) -> str:
+        return self.server.control_endpoint or default_control_endpoint()
+
+
+_POSITIVE = {
+    "server.workers", "server.queue_size", "server.tick_s", "server.max_message_bytes",
+    "server.max_header_bytes", "server.max_image_bytes", "server.max_image_pixels",
+    "server.stuck_invoke_s", "repository.validation_timeout_s", "probation.tries",
+}
+_NON_NEGATIVE = {
+    "server.grace_period_s", "runtime.num_threads", "repository.settle_s", "probation.seconds",
+    "probation.requests", "probation.max_error_rate", "probation.max_nonfinite_rate", "probation.max_p95_ratio",
+}
+
+
+def _check_value(key: str, hint: Any, value: Any) -> Any:
+    origin = get_origin(hint)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(key, value, f"must be one of {', '.join(map(repr, get_args(hint)))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, value, "must be an integer")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, value, "must be a number")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "must be a string")
+        return value
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, "must be a table")
+        return value
+    short = ".".join(key.split(".")[-2:]) if ".probation." in key else key
+    if short in _POSITIVE and value <= 0:
+        raise ConfigError(key, value, "must be > 0")
+    if short in _NON_NEGATIVE and value < 0:
+        raise ConfigError(key, value, "must be >= 0")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(prefix, data, "must be a table")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}"
+        if key not in names or key == "source":
+            raise ConfigError(full, value, f"unknown key (known: {', '.join(sorted(names - {'source'}))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, full)
+        else:
+            kwargs[key] = _check_value(full, hint, value)
+    return cls(**kwargs)
+
+
+def _validate(config: Config) -> None:
+    from edged.power.config import PowerConfig, PowerConfigError  # deferred: power is optional to load
+
+    for key, endpoint in (("server.endpoint", config.endpoint), ("server.control_endpoint", config.control_endpoint)):
+        check_endpoint(key, endpoint, config.server.allow_remote)
+    if config.endpoint == config.control_endpoint:
+        raise ConfigError("server.control_endpoint", config.control_endpoint, "must differ from server.endpoint")
+    for name, over in config.repository.models.items():
+        prefix = f"repository.models.{name}"
+        if not isinstance(over, dict):
+            raise ConfigError(prefix, over, "must be a table")
+        for key, value in over.items():
+            if key == "probation":
+                _build(ProbationConfig, value, f"{prefix}.probation")
+            elif key in ("activation", "keep_previous"):
+                _check_value(f"{prefix}.{key}", get_type_hints(ModelPolicy)[key], value)
+            else:
+                raise ConfigError(f"{prefix}.{key}", value, "unknown key (known: activation, keep_previous, probation)")
+    try:
+        PowerConfig.from_dict(config.power)
+    except PowerConfigError as exc:
+        raise ConfigError("power", "...", str(exc)) from None
+
+
+def check_endpoint(key: str, endpoint: str, allow_remote: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``endpoint`` is ipc:// or (loopback) tcp://."""
+    if endpoint.startswith("ipc://"):
+        if len(endpoint) <= len("ipc://"):
+            raise ConfigError(key, endpoint, "ipc endpoint needs a path")
+        return
+    if endpoint.startswith("tcp://"):
+        host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+        if not allow_remote and host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+            raise ConfigError(key, endpoint, "TCP must bind a loopback address unless server.allow_remote = true")
+        return
+    raise ConfigError(key, endpoint, "must start with ipc:// or tcp://")
+
+
+def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the config file (if any), apply ``overrides`` ({"section.key": value}) and validate.
+
+    ``path`` None means ``$EDGED_CONFIG``, else ``/etc/edged/edged.toml`` if it
+    exists, else defaults only.  Raises :class:`ConfigError` for a missing or
+    unreadable file, bad TOML, unknown keys and bad values.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None:
+        env = os.environ.get("EDGED_CONFIG")
+        path = env if env else (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError("--config", str(path), f"cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", str(path), f"invalid TOML: {exc}") from None
+        source = str(path)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        data.setdefault(section, {})[key] = value
+    unknown = set(data) - {"server", "runtime", "repository", "power"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(name, data[name], "unknown section (known: server, runtime, repository, power)")
+    config = Config(
+        server=_build(ServerConfig, data.get("server", {}), "server"),
+        runtime=_build(RuntimeConfig, data.get("runtime", {}), "runtime"),
+        repository=_build(RepositoryConfig, data.get("repository", {}), "repository"),
+        power=data.get("power", {}),
+        source=source,
+    )
+    _validate(config)
+    return config

@@ -1,0 +1,128 @@
+"""Wire protocol v1: multipart ZeroMQ messages of one JSON header and raw tensor frames.
+
+This module is shared by the daemon and the client and knows nothing about
+sockets: it turns headers and arrays into frames and back, and checks what it
+decodes.  docs/protocol.md is the normative description; keep the two in step.
+
+A message is ``[header, frame_0, frame_1, ...]``:
+
+* ``header`` – UTF-8 JSON object with at least ``"v": 1``, ``"id"`` and ``"op"``
+  (requests) or ``"ok"`` (replies);
+* ``frame_i`` – the raw bytes of the i-th tensor named in ``header["inputs"]``
+  (requests) or ``header["outputs"]`` (replies): little-endian, C order, with the
+  dtype and shape given in the header.  An input described with
+  ``"encoding": "image"`` carries an encoded JPEG/PNG instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edged.errors import ErrorCode, RequestError
+
+PROTOCOL_VERSION = 1
+
+#: dtypes allowed on the wire (numpy names).  Everything is little-endian.
+DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+}
+
+PRIORITIES = ("low", "normal", "high")
+
+#: Default upper bound for a header frame; the daemon's is configurable.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+
+_LITTLE = sys.byteorder == "little"
+
+
+def dumps(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+
+
+def parse_header(raw: bytes | memoryview, max_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> dict[str, Any]:
+    """Decode and check a header frame.
+
+    Raises :class:`RequestError` with ``TOO_LARGE`` when the frame is over
+    ``max_bytes``, ``BAD_REQUEST`` when it is not a UTF-8 JSON object, and
+    ``UNSUPPORTED_PROTOCOL`` when ``v`` is missing or not 1.
+    """
+    if len(raw) > max_bytes:
+        raise RequestError(f"header is {len(raw)} bytes, limit {max_bytes}", code=ErrorCode.TOO_LARGE)
+    try:
+        header = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RequestError(f"header is not UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise RequestError("header must be a JSON object")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise RequestError(
+            f"protocol version {version!r} not supported; this daemon speaks {PROTOCOL_VERSION}",
+            code=ErrorCode.UNSUPPORTED_PROTOCOL,
+        )
+    return header
+
+
+def tensor_meta(array: np.ndarray, name: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"dtype": array.dtype.name, "shape": list(array.shape)}
+    if name is not None:
+        meta["name"] = name
+    return meta
+
+
+def as_wire_array(array: Any) -> np.ndarray:
+    """Return ``array`` as a C-contiguous little-endian ndarray of a wire dtype.
+
+    Raises :class:`RequestError` (``BAD_DTYPE``) for dtypes the protocol lacks.
+    """
+    arr = np.asarray(array)
+    if arr.dtype.name not in DTYPES:
+        raise RequestError(f"dtype {arr.dtype} is not supported on the wire", code=ErrorCode.BAD_DTYPE)
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(arr)
+
+
+def array_from_frame(meta: Any, frame: bytes | memoryview, index: int) -> np.ndarray:
+    """Rebuild a tensor from its header entry and raw frame, without copying.
+
+    Raises :class:`RequestError` with ``BAD_REQUEST`` (malformed entry),
+    ``BAD_DTYPE``, ``BAD_SHAPE`` or ``BAD_SIZE`` (byte count does not match
+    dtype × shape).  The array is read-only: it aliases the frame.
+    """
+    if not isinstance(meta, dict):
+        raise RequestError(f"tensor {index}: descriptor must be an object")
+    dtype_name = meta.get("dtype")
+    if dtype_name not in DTYPES:
+        raise RequestError(f"tensor {index}: dtype {dtype_name!r} not supported", code=ErrorCode.BAD_DTYPE)
+    shape = meta.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 8
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)
+    ):
+        raise RequestError(f"tensor {index}: shape {shape!r} is not a list of non-negative ints", code=ErrorCode.BAD_SHAPE)
+    dtype = DTYPES[dtype_name]
+    expected = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if len(frame) != expected:
+        raise RequestError(
+            f"tensor {index}: {len(frame)} bytes, but {dtype_name}{shape} needs {expected}",
+            code=ErrorCode.BAD_SIZE,
+        )
+    return np.frombuffer(frame, dtype=dtype).reshape(shape)
+
+
+def encode(header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> list[Any]:
+    """Frames for a message: the header then each array's buffer (no copy)."""
+    header.setdefault("v", PROTOCOL_VERSION)
+    return [dumps(header), *(memoryview(a).cast("B") if a.nbytes else b"" for a in arrays)]
+
+
+def error_header(request_id: Any, op: Any, error: dict[str, Any]) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "id": request_id, "op": op, "ok": False, "error": error}

@@ -1,0 +1,115 @@
+"""The on-disk repository layout: ``<root>/<name>/<version>/`` and ``<root>/<name>/current``.
+
+Pure path logic, no loading.  Names are checked so a request or a control call
+can never reach outside the repository (no ``..``, no separators, no symlink
+that resolves elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from edged.errors import ErrorCode, NotFoundError, RequestError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VERSION_RE = re.compile(r"^v?(\d{1,9})$")
+CURRENT = "current"
+MODEL_FILE = "model.tflite"
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.txt"
+
+
+def check_name(kind: str, name: object) -> str:
+    """Return ``name`` if it is a safe model/version name, else raise ``BAD_REQUEST``."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (CURRENT,) or ".." in name:
+        raise RequestError(f"invalid {kind} name {name!r}")
+    return name
+
+
+def version_number(name: str) -> int | None:
+    """``v12`` and ``12`` → 12; anything else → None (not a version directory)."""
+    m = VERSION_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def inside(root: Path, path: Path) -> bool:
+    """True when ``path`` resolves (following symlinks) to a place under ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def model_names(root: Path) -> list[str]:
+    """Model directories under ``root``: valid names, not hidden, inside the repository."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    return [e.name for e in entries
+            if not e.name.startswith(".") and NAME_RE.match(e.name) and e.is_dir() and inside(root, Path(e.path))]
+
+
+def version_names(model_dir: Path) -> list[str]:
+    """Version directories of one model, oldest first (numeric order); hidden/staging dirs skipped."""
+    try:
+        entries = list(os.scandir(model_dir))
+    except FileNotFoundError:
+        return []
+    found = [(version_number(e.name), e.name) for e in entries
+             if not e.name.startswith(".") and e.name != CURRENT and e.is_dir(follow_symlinks=False)]
+    return [name for num, name in sorted((n, name) for n, name in found if n is not None)]
+
+
+def current_link(model_dir: Path) -> str | None:
+    """The version ``current`` points at, if it is a symlink to a sibling version dir."""
+    link = model_dir / CURRENT
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    name = Path(target).name
+    if version_number(name) is None or not (model_dir / name).is_dir() or not inside(model_dir, model_dir / target):
+        return None
+    return name
+
+
+def version_dir(root: Path, model: str, version: str) -> Path:
+    """The directory of ``model``/``version``; raises ``UNKNOWN_VERSION`` if it does not exist."""
+    check_name("model", model)
+    check_name("version", version)
+    path = root / model / version
+    if version_number(version) is None or not path.is_dir() or not inside(root, path):
+        raise NotFoundError(f"model {model!r} has no version {version!r}", code=ErrorCode.UNKNOWN_VERSION)
+    return path
+
+
+def read_labels(path: Path) -> list[str] | None:
+    try:
+        text = (path / LABELS_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def set_current(model_dir: Path, version: str) -> None:
+    """Point ``current`` at ``version`` atomically: a new symlink renamed over the old one, then fsync the dir."""
+    tmp = model_dir / f".current.{os.getpid()}.tmp"
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.symlink(version, tmp)
+    os.replace(tmp, model_dir / CURRENT)
+    fsync_dir(model_dir)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

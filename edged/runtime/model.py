@@ -1,0 +1,261 @@
+"""One model version loaded into a pool of interpreters.
+
+A :class:`LoadedModel` owns ``workers`` interpreters built from the same model
+bytes.  An interpreter is not thread-safe, so each call to :meth:`run` takes one
+from the pool for the duration of set/invoke/get; ``invoke()`` releases the GIL,
+so ``workers`` threads really run in parallel.  Outputs are copied out before the
+interpreter goes back to the pool.
+
+The model file is read into memory once (``model_content``) instead of letting
+TFLite mmap it: an operator deleting or overwriting the active version's files
+must not crash the daemon or change its answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.errors import ErrorCode, ModelError, RequestError
+from edged.runtime import delegates as delegates_mod
+from edged.runtime.backends import Backend
+from edged.runtime.preprocess import Preprocessing, decode_image
+
+log = logging.getLogger("edged.runtime")
+
+LITE_MODEL = "model_lite.tflite"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    index: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def from_details(cls, d: Mapping[str, Any]) -> TensorSpec:
+        scale, zero_point = d.get("quantization", (0.0, 0))
+        return cls(d["name"], int(d["index"]), np.dtype(d["dtype"]), tuple(int(x) for x in d["shape"]),
+                   float(scale), int(zero_point))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype.name, "shape": list(self.shape),
+                "quantization": {"scale": self.scale, "zero_point": self.zero_point}}
+
+
+@dataclass
+class RunResult:
+    outputs: list[np.ndarray]
+    invoke_us: int
+    cpu_s: float
+
+
+@dataclass
+class LoadSpec:
+    """Everything needed to load a version; built by the repository layer."""
+
+    name: str
+    version: str
+    path: Path
+    backend: Backend
+    delegate: str = "auto"
+    workers: int = 1
+    num_threads: int = 1
+    variant: str = "full"  # "full" | "lite"
+    edgetpu_device: str = ""
+    edgetpu_library: str = "libedgetpu.so.1"
+    preprocessing: dict[str, Any] | None = None
+    labels: list[str] | None = None
+    manifest: dict[str, Any] | None = field(default=None, repr=False)
+
+
+def explain_load_error(backend: Backend, model_file: Path, exc: BaseException) -> str:
+    """A message an operator can act on for an interpreter that would not build."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Didn't find op for builtin opcode" in str(exc) or "Op builtin_code out of range" in str(exc):
+        return (f"{model_file}: the model uses an operator version {backend.describe()} does not have "
+                f"({text}); convert it for an older runtime or upgrade the runtime")
+    if "custom op" in str(exc).lower() or "Encountered unresolved custom op" in str(exc):
+        return f"{model_file}: the model needs a custom operator this runtime lacks ({text})"
+    return f"{model_file}: cannot load with {backend.describe()}: {text}"
+
+
+class LoadedModel:
+    """A version ready to serve.  Build with :meth:`load`; release with :meth:`close`."""
+
+    def __init__(self, spec: LoadSpec, plan: delegates_mod.DelegatePlan, content: bytes,
+                 interpreters: list[Any]) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.version = spec.version
+        self.delegate = plan.name
+        self.fallbacks = plan.fallbacks
+        self.model_file = plan.model_file
+        self.size = len(content)
+        self._content = content  # kept alive: interpreters reference these bytes
+        self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        first = interpreters[0]
+        self.inputs = [TensorSpec.from_details(d) for d in first.get_input_details()]
+        self.outputs = [TensorSpec.from_details(d) for d in first.get_output_details()]
+        self._by_name = {t.name: i for i, t in enumerate(self.inputs)}
+        for interp in interpreters:
+            self._pool.put(interp)
+        self.pool_size = len(interpreters)
+        self.preprocessing = Preprocessing.from_manifest(spec.preprocessing)
+        self.labels = spec.labels
+
+    # -- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, spec: LoadSpec) -> LoadedModel:
+        """Build, allocate and warm ``spec.workers`` interpreters.
+
+        Raises :class:`ModelError` with an actionable message when the file is
+        missing, the runtime rejects an operator, a custom op is missing, or an
+        explicitly requested delegate cannot load.
+        """
+        default_file = spec.path / "model.tflite"
+        if spec.variant == "lite" and (spec.path / LITE_MODEL).is_file():
+            default_file = spec.path / LITE_MODEL
+        plan = delegates_mod.plan(spec.backend, spec.delegate, spec.path, default_file,
+                                  edgetpu_device=spec.edgetpu_device, edgetpu_library=spec.edgetpu_library)
+        while True:
+            try:
+                content = plan.model_file.read_bytes()
+            except OSError as exc:
+                raise ModelError(f"{plan.model_file}: cannot read model: {exc.strerror}") from None
+            try:
+                interpreters = [cls._build(spec, plan, content) for _ in range(max(1, spec.workers))]
+                model = cls(spec, plan, content, interpreters)
+                model.warm()
+                break
+            except ModelError:
+                raise
+            except Exception as exc:  # the runtimes raise ValueError/RuntimeError for bad models
+                nxt = delegates_mod.cpu_fallback(spec.backend, plan, exc) if spec.delegate in ("auto", "xnnpack") else None
+                if nxt is None:
+                    raise ModelError(explain_load_error(spec.backend, plan.model_file, exc)) from None
+                log.warning("%s/%s: %s; falling back to %s", spec.name, spec.version, nxt.fallbacks[-1], nxt.name)
+                plan = nxt
+        for reason in plan.fallbacks:
+            log.info("%s/%s: %s", spec.name, spec.version, reason)
+        return model
+
+    @staticmethod
+    def _build(spec: LoadSpec, plan: delegates_mod.DelegatePlan, content: bytes) -> Any:
+        kwargs = plan.interpreter_kwargs()
+        if spec.num_threads > 0:
+            kwargs["num_threads"] = spec.num_threads
+        interp = spec.backend.interpreter_cls(model_content=content, **kwargs)
+        interp.allocate_tensors()
+        return interp
+
+    def warm(self) -> None:
+        """Run every interpreter once on zeros, so the first real request pays no lazy setup."""
+        zeros = [np.zeros(t.shape, t.dtype) for t in self.inputs]
+        held = [self._pool.get() for _ in range(self.pool_size)]
+        try:
+            for interp in held:
+                for spec, arr in zip(self.inputs, zeros):
+                    interp.set_tensor(spec.index, arr)
+                interp.invoke()
+        finally:
+            for interp in held:
+                self._pool.put(interp)
+
+    def close(self) -> None:
+        """Drop the interpreters; the memory goes once in-flight runs return theirs."""
+        while True:
+            try:
+                self._pool.get_nowait()
+            except queue.Empty:
+                break
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name, "version": self.version, "delegate": self.delegate,
+            "runtime": self.spec.backend.describe(), "variant": self.spec.variant,
+            "file": self.model_file.name, "size": self.size, "workers": self.pool_size,
+            "inputs": [t.describe() for t in self.inputs], "outputs": [t.describe() for t in self.outputs],
+            "labels": len(self.labels) if self.labels else 0,
+        }
+
+    def contract(self) -> dict[str, Any]:
+        return {"inputs": [t.describe() for t in self.inputs], "outputs": [t.describe() for t in self.outputs]}
+
+    def arrange(self, names: Sequence[str | None], arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Order request tensors as the model's inputs and check dtype and shape.
+
+        Tensors are matched by name when every one is named, else by position.
+        Raises :class:`RequestError` (``BAD_REQUEST``/``BAD_DTYPE``/``BAD_SHAPE``).
+        """
+        if len(arrays) != len(self.inputs):
+            raise RequestError(f"{self.name} takes {len(self.inputs)} input(s), got {len(arrays)}")
+        ordered: list[np.ndarray | None] = [None] * len(self.inputs)
+        if all(names):
+            for name, arr in zip(names, arrays):
+                if name not in self._by_name:
+                    raise RequestError(f"{self.name} has no input named {name!r} "
+                                       f"(inputs: {', '.join(self._by_name)})")
+                ordered[self._by_name[name]] = arr
+        else:
+            ordered = list(arrays)
+        for spec, arr in zip(self.inputs, ordered):
+            assert arr is not None
+            if arr.dtype != spec.dtype:
+                raise RequestError(f"input {spec.name!r} must be {spec.dtype.name}, got {arr.dtype.name}",
+                                   code=ErrorCode.BAD_DTYPE)
+            if tuple(arr.shape) != spec.shape:
+                raise RequestError(f"input {spec.name!r} must have shape {list(spec.shape)}, got {list(arr.shape)}",
+                                   code=ErrorCode.BAD_SHAPE)
+        return ordered  # type: ignore[return-value]
+
+    def image_input(self, data: bytes | memoryview, index: int, *, max_pixels: int) -> np.ndarray:
+        spec = self.inputs[index]
+        return decode_image(data, spec.shape, spec.dtype, (spec.scale, spec.zero_point), self.preprocessing,
+                            max_pixels=max_pixels)
+
+    def run(self, inputs: Sequence[np.ndarray]) -> RunResult:
+        """Run one inference on already-arranged inputs; thread-safe."""
+        interp = self._pool.get()
+        try:
+            for spec, arr in zip(self.inputs, inputs):
+                interp.set_tensor(spec.index, arr)
+            cpu0 = time.thread_time()
+            t0 = time.perf_counter_ns()
+            interp.invoke()
+            invoke_us = (time.perf_counter_ns() - t0) // 1000
+            cpu_s = time.thread_time() - cpu0
+            # get_tensor returns a copy, so nothing aliases the interpreter once it is back in the pool.
+            outputs = [interp.get_tensor(spec.index) for spec in self.outputs]
+        finally:
+            self._pool.put(interp)
+        return RunResult(outputs, int(invoke_us), cpu_s)
+
+    def top_k(self, outputs: Sequence[np.ndarray], k: int) -> list[dict[str, Any]] | None:
+        """Top-k of the first output for a classifier ([1, N] or [N]); scores dequantized."""
+        if k <= 0 or not outputs:
+            return None
+        scores = np.asarray(outputs[0]).reshape(-1) if np.asarray(outputs[0]).ndim <= 2 else None
+        if scores is None or (np.asarray(outputs[0]).ndim == 2 and outputs[0].shape[0] != 1):
+            return None
+        spec = self.outputs[0]
+        values = scores.astype(np.float64)
+        if spec.dtype.kind in "iu" and spec.scale:
+            values = (values - spec.zero_point) * spec.scale
+        order = np.argsort(-values, kind="stable")[:k]
+        labels = self.labels or []
+        return [{"index": int(i), "label": labels[i] if i < len(labels) else str(int(i)), "score": float(values[i])}
+                for i in order]

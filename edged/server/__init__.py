@@ -1,0 +1,1 @@
+"""The server layer: lifecycle, sockets, dispatch and one module per command."""

@@ -1,0 +1,14 @@
+"""One module per wire command: ``NAME``, ``ENDPOINTS``, ``validate()``, ``execute()``.
+
+Each module's docstring is its manual: the request and reply fields and the CLI
+form.  ``execute`` returns the reply header (a dict, ``ok`` is added by the
+daemon) or None when the reply will be sent later (predict, swap).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from edged.server.commands import health, info, predict, quit, reload, stats, status
+
+REGISTRY: dict[str, ModuleType] = {m.NAME: m for m in (predict, info, health, stats, status, reload, quit)}

@@ -1,0 +1,490 @@
+"""The daemon's lifecycle: ``startup()`` → ``main_loop()`` → ``shutdown()``.
+
+One main thread owns every ZeroMQ socket.  It reads requests, dispatches them
+(commands answer at once, or hand a job to the :class:`Scheduler`), forwards
+replies that worker threads push over an inproc socket, and runs periodic
+housekeeping on its tick.  Signal handlers only enqueue a command and wake the
+loop through ``signal.set_wakeup_fd``; the loop does the work, so SIGTERM runs
+exactly the code of ``edged ctl quit`` and SIGHUP that of ``edged ctl reload``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+import edged
+from edged import config as config_mod
+from edged import protocol
+from edged.config import Config
+from edged.errors import ConfigError, DeadlineExceeded, EdgedError, ErrorCode, RequestError, RetryableError
+from edged.repository.manager import ModelManager
+from edged.runtime.backends import select_backend
+from edged.seams import Clock
+from edged.server.dispatch import Request, dispatch, error_reply
+from edged.server.scheduler import Scheduler
+from edged.states import DaemonState
+
+log = logging.getLogger("edged.server")
+
+REPLIES_ENDPOINT = "inproc://edged-replies"
+_ROUTE = {"predict": b"p", "control": b"c"}
+
+
+class Job:
+    __slots__ = ("req", "model", "deadline", "top_k")
+
+    def __init__(self, req: Request, model: Any, deadline: float | None, top_k: int) -> None:
+        self.req = req
+        self.model = model
+        self.deadline = deadline
+        self.top_k = top_k
+
+
+class _Timer:
+    __slots__ = ("interval", "fn", "due", "name")
+
+    def __init__(self, name: str, interval: float, fn: Callable[[float], None], due: float) -> None:
+        self.name, self.interval, self.fn, self.due = name, interval, fn, due
+
+
+class Daemon:
+    def __init__(self, config: Config, *, clock: Clock | None = None, config_path: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.clock = clock or Clock()
+        self.state = DaemonState.STARTING
+        self.started_at = self.clock.monotonic()
+        self.last_loop = self.started_at
+        self.profile = "performance"
+        self._pending: deque[str] = deque()
+        self._timers: list[_Timer] = []
+        self._workers: list[threading.Thread] = []
+        self.busy_since: dict[int, float | None] = {}
+        self._stop_reason = ""
+        self._drain_deadline: float | None = None
+        self._ipc_files: list[Path] = []
+        self._counters: dict[tuple[str, str], dict[str, Any]] = {}
+        self._counters_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def startup(self) -> None:
+        """Load models, bind sockets, start workers.  Raises EdgedError on failure."""
+        cfg = self.config
+        t0 = time.monotonic()
+        self.backend = select_backend(cfg.runtime.backend)
+        log.info("edged %s starting: runtime %s, delegate %s, %d workers, config %s", edged.__version__,
+                 self.backend.describe(), cfg.runtime.delegate, cfg.server.workers, cfg.source)
+        self.models = ModelManager(cfg, self.backend)
+        self.models.start()
+        self.scheduler = Scheduler(cfg.server.queue_size)
+        self.ctx = zmq.Context()
+        self.predict_sock = self._bind("predict", cfg.endpoint, cfg.server.predict_socket_mode)
+        self.control_sock = self._bind("control", cfg.control_endpoint, cfg.server.control_socket_mode)
+        self.replies = self.ctx.socket(zmq.PULL)
+        self.replies.bind(REPLIES_ENDPOINT)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        for i in range(cfg.server.workers):
+            self.busy_since[i] = None
+            t = threading.Thread(target=self._worker, args=(i,), name=f"edged-worker-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        self.state = DaemonState.RUNNING
+        log.info("ready in %.0f ms: predict %s, control %s, models %s, profile %s",
+                 (time.monotonic() - t0) * 1000, cfg.endpoint, cfg.control_endpoint,
+                 ", ".join(f"{m['model']}/{m['version']}" for m in self.models.describe()) or "none", self.profile)
+
+    def _bind(self, name: str, endpoint: str, mode: int) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        # Hard ceiling per frame: past it ZeroMQ drops the peer.  Messages between
+        # max_message_bytes and this get a TOO_LARGE reply instead.
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.config.server.max_message_bytes)
+        path = None
+        if endpoint.startswith("ipc://"):
+            path = Path(endpoint[len("ipc://"):])
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            if path.exists():
+                if _ipc_alive(self.ctx, endpoint):
+                    sock.close(0)
+                    raise EdgedError(f"another edged is already serving on {endpoint}", code=ErrorCode.INVALID_STATE)
+                path.unlink()  # stale socket of a daemon that died
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise EdgedError(f"cannot bind {name} endpoint {endpoint}: {exc}", code=ErrorCode.CONFIG_INVALID) from None
+        if path is not None:
+            self._ipc_files.append(path)
+            os.chmod(path, mode)
+            group = self.config.server.socket_group
+            if group and name == "predict":
+                import grp
+
+                try:
+                    os.chown(path, -1, grp.getgrnam(group).gr_gid)
+                except (KeyError, PermissionError) as exc:
+                    log.warning("cannot give %s to group %s: %s", path, group, exc)
+        return sock
+
+    def add_timer(self, name: str, interval: float, fn: Callable[[float], None]) -> None:
+        """Run ``fn(now)`` every ``interval`` seconds from the main loop."""
+        self._timers.append(_Timer(name, interval, fn, self.clock.monotonic() + interval))
+
+    def install_signal_handlers(self) -> dict[int, Any]:
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            old[sig] = signal.signal(sig, self._on_signal)
+        self._old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        return old
+
+    def restore_signal_handlers(self, old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._old_wakeup)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only enqueue: the main loop acts (a handler must not touch sockets or locks).
+        self._pending.append("reload" if signum == signal.SIGHUP else f"quit:{signal.Signals(signum).name}")
+
+    def request_stop(self, reason: str) -> None:
+        if self.state is DaemonState.DRAINING:
+            return
+        self._stop_reason = reason
+        self.state = DaemonState.DRAINING
+        self._drain_deadline = self.clock.monotonic() + self.config.server.grace_period_s
+        log.info("stopping (%s): draining %d queued/in-flight requests, grace %.1fs", reason,
+                 self.scheduler.depth() + self.scheduler.active, self.config.server.grace_period_s)
+
+    def main_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.predict_sock, zmq.POLLIN)
+        poller.register(self.control_sock, zmq.POLLIN)
+        poller.register(self.replies, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        tick = self.config.server.tick_s
+        while True:
+            now = self.clock.monotonic()
+            self.last_loop = now
+            timeout = tick
+            for t in self._timers:
+                timeout = min(timeout, max(0.0, t.due - now))
+            if self.state is DaemonState.DRAINING:
+                if self.scheduler.idle():
+                    break
+                if self._drain_deadline is not None and now >= self._drain_deadline:
+                    log.warning("grace period over with %d requests unfinished", self.scheduler.depth() + self.scheduler.active)
+                    break
+                timeout = min(timeout, 0.05)
+            try:
+                events = dict(poller.poll(timeout * 1000))
+            except zmq.ZMQError as exc:  # EINTR surfaces on some pyzmq builds
+                if exc.errno != zmq.EINTR:
+                    raise
+                events = {}
+            if self._wake_r.fileno() in events:
+                try:
+                    while self._wake_r.recv(512):
+                        pass
+                except BlockingIOError:
+                    pass
+            while self._pending:
+                cmd = self._pending.popleft()
+                if cmd == "reload":
+                    self.reload()
+                else:
+                    self.request_stop(cmd.split(":", 1)[1])
+            if self.replies in events:
+                self._forward_replies()
+            for endpoint, sock in (("control", self.control_sock), ("predict", self.predict_sock)):
+                if sock in events:
+                    self._read(endpoint, sock)
+            now = self.clock.monotonic()
+            for t in self._timers:
+                if now >= t.due:
+                    t.due = now + t.interval
+                    try:
+                        t.fn(now)
+                    except Exception:
+                        log.exception("periodic job %s failed", t.name)
+
+    def shutdown(self) -> None:
+        """Stop workers, flush replies, close sockets and remove ipc files."""
+        self.scheduler.close()
+        for t in self._workers:
+            t.join(timeout=max(0.1, self.config.server.grace_period_s))
+        self._forward_replies()
+        for sock in (self.predict_sock, self.control_sock, self.replies):
+            sock.close(linger=500)
+        self.ctx.term()
+        for path in self._ipc_files:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        self._wake_r.close()
+        self._wake_w.close()
+        self.models.close()
+        self.state = DaemonState.STOPPED
+        log.info("stopped")
+
+    def run(self) -> None:
+        """startup → main_loop → shutdown, with signal handlers installed."""
+        self.startup()
+        old = self.install_signal_handlers()
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
+            self.restore_signal_handlers(old)
+
+    # -- sockets ---------------------------------------------------------------------------
+
+    def _read(self, endpoint: str, sock: zmq.Socket) -> None:
+        # Read everything that is waiting, but give other sockets a turn after a batch.
+        for _ in range(256):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(endpoint, frames)
+
+    def _handle(self, endpoint: str, frames: list[zmq.Frame]) -> None:
+        # ROUTER prepends the peer identity.  A REQ peer adds an empty delimiter;
+        # a DEALER peer (our client) does not.  Echo whichever we got.
+        split = 2 if len(frames) > 2 and len(frames[1]) == 0 else 1
+        envelope, body = frames[:split], frames[split:]
+        received = self.clock.monotonic()
+        if not body:
+            return  # an empty message has nobody to answer by id; ignore it
+        try:
+            size = sum(len(f) for f in body)
+            if size > self.config.server.max_message_bytes:
+                raise RequestError(f"message is {size} bytes, limit {self.config.server.max_message_bytes}",
+                                   code=ErrorCode.TOO_LARGE)
+            header = protocol.parse_header(body[0].buffer, self.config.server.max_header_bytes)
+        except EdgedError as exc:
+            self._send(endpoint, envelope, protocol.dumps(error_reply(None, None, exc)), [])
+            return
+        req = Request(endpoint, envelope, header, body[1:], received)
+        if self.state is DaemonState.DRAINING and endpoint == "predict":
+            self.reply(req, error_reply(req.id, req.op, RetryableError("daemon is shutting down")))
+            return
+        dispatch(self, req)
+
+    def reply(self, req: Request, header: dict[str, Any], arrays: list[Any] | None = None) -> None:
+        """Send a reply from the main thread."""
+        header.setdefault("v", protocol.PROTOCOL_VERSION)
+        header.setdefault("id", req.id)
+        header.setdefault("op", req.op)
+        header.setdefault("ok", True)
+        self._send(req.endpoint, req.envelope, protocol.dumps(header), arrays or [])
+
+    def _send(self, endpoint: str, envelope: list[Any], header: bytes, frames: list[Any]) -> None:
+        sock = self.predict_sock if endpoint == "predict" else self.control_sock
+        try:
+            sock.send_multipart([*envelope, header, *frames], copy=False)
+        except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY) or shutting down
+            log.debug("reply dropped: %s", exc)
+
+    def _forward_replies(self) -> None:
+        while True:
+            try:
+                frames = self.replies.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            endpoint = "predict" if frames[0].bytes == b"p" else "control"
+            n_env = int(frames[1].bytes)
+            self._send(endpoint, frames[2:2 + n_env], frames[2 + n_env], frames[3 + n_env:])
+
+    def post(self, push: zmq.Socket, req: Request, header: dict[str, Any], arrays: list[Any] = ()) -> None:
+        """Send a reply from a worker/background thread via its own PUSH socket."""
+        header.setdefault("v", protocol.PROTOCOL_VERSION)
+        header.setdefault("id", req.id)
+        header.setdefault("op", req.op)
+        header.setdefault("ok", True)
+        push.send_multipart([_ROUTE[req.endpoint], str(len(req.envelope)).encode(), *req.envelope,
+                             protocol.dumps(header), *arrays], copy=False)
+
+    # -- predict -----------------------------------------------------------------------------
+
+    def submit_predict(self, req: Request) -> None:
+        h = req.header
+        model = self.models.get(h.get("model"))
+        deadline = req.received + h["deadline_ms"] / 1000.0 if h.get("deadline_ms") is not None else None
+        self.scheduler.submit(Job(req, model, deadline, int(h.get("top_k", 0))), h.get("priority", "normal"))
+
+    def _worker(self, worker_id: int) -> None:
+        push = self.ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(REPLIES_ENDPOINT)
+        try:
+            while True:
+                job = self.scheduler.get()
+                if job is None:
+                    return
+                try:
+                    header, arrays = self._process(worker_id, job)
+                except Exception as exc:
+                    header, arrays = error_reply(job.req.id, job.req.op, exc), []
+                    self._count(job.model, error=header["error"]["code"])
+                finally:
+                    self.busy_since[worker_id] = None
+                    self.scheduler.done()
+                self.post(push, job.req, header, arrays)
+        finally:
+            push.close()
+
+    def _process(self, worker_id: int, job: Job) -> tuple[dict[str, Any], list[Any]]:
+        req, model = job.req, job.model
+        start = self.clock.monotonic()
+        if job.deadline is not None and start > job.deadline:
+            raise DeadlineExceeded(f"deadline passed {1000 * (start - job.deadline):.0f} ms before it could start")
+        names, arrays = [], []
+        for i, (meta, frame) in enumerate(zip(req.header["inputs"], req.frames)):
+            names.append(meta.get("name"))
+            if meta.get("encoding") == "image":
+                idx = model._by_name.get(meta.get("name"), i) if meta.get("name") else i
+                if len(frame) > self.config.server.max_image_bytes:
+                    raise RequestError(f"image is {len(frame)} bytes, limit {self.config.server.max_image_bytes}",
+                                       code=ErrorCode.TOO_LARGE)
+                if idx >= len(model.inputs):
+                    raise RequestError(f"{model.name} has only {len(model.inputs)} input(s)")
+                arrays.append(model.image_input(frame.buffer, idx, max_pixels=self.config.server.max_image_pixels))
+            else:
+                arrays.append(protocol.array_from_frame(meta, frame.buffer, i))
+        ordered = model.arrange(names, arrays)
+        self.busy_since[worker_id] = self.clock.monotonic()
+        result = model.run(ordered)
+        self.busy_since[worker_id] = None
+        outputs = [protocol.as_wire_array(o) for o in result.outputs]
+        header: dict[str, Any] = {
+            "model": model.name, "version": model.version, "delegate": model.delegate,
+            "runtime": self.backend.describe(), "profile": self.profile,
+            "outputs": [protocol.tensor_meta(o, spec.name) for o, spec in zip(outputs, model.outputs)],
+        }
+        if job.top_k:
+            header["top_k"] = model.top_k(result.outputs, job.top_k)
+        done = self.clock.monotonic()
+        header["timing"] = {"queue_us": int((start - req.received) * 1e6), "invoke_us": result.invoke_us,
+                            "total_us": int((done - req.received) * 1e6)}
+        self._count(model, latency_us=header["timing"]["total_us"], cpu_s=result.cpu_s)
+        return header, outputs
+
+    def _count(self, model: Any, *, error: str | None = None, latency_us: int | None = None, cpu_s: float = 0.0) -> None:
+        key = (model.name, model.version)
+        with self._counters_lock:
+            c = self._counters.setdefault(key, {"requests": 0, "errors": {}, "latency_us": deque(maxlen=2048),
+                                                "cpu_seconds": 0.0})
+            c["requests"] += 1
+            if error is not None:
+                c["errors"][error] = c["errors"].get(error, 0) + 1
+            if latency_us is not None:
+                c["latency_us"].append(latency_us)
+            c["cpu_seconds"] += cpu_s
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        import numpy as np
+
+        out: dict[str, Any] = {"queue_depth": self.scheduler.depth(), "models": []}
+        with self._counters_lock:
+            for (name, version), c in sorted(self._counters.items()):
+                lat = np.asarray(c["latency_us"], dtype=np.float64)
+                pct = {f"p{p}": float(np.percentile(lat, p)) if lat.size else None for p in (50, 95, 99)}
+                out["models"].append({"model": name, "version": version, "requests": c["requests"],
+                                      "errors": dict(c["errors"]), "latency_us": pct,
+                                      "cpu_seconds": round(c["cpu_seconds"], 6)})
+        return out
+
+    def stuck_workers(self, now: float | None = None) -> list[int]:
+        now = self.clock.monotonic() if now is None else now
+        limit = self.config.server.stuck_invoke_s
+        return [w for w, since in list(self.busy_since.items()) if since is not None and now - since > limit]
+
+    def health(self) -> dict[str, Any]:
+        now = self.clock.monotonic()
+        problems = []
+        stuck = self.stuck_workers(now)
+        serving = sum(1 for s in self.models.slots.values() if s.serving is not None)
+        if stuck:
+            problems.append(f"workers {stuck} stuck in invoke() for over {self.config.server.stuck_invoke_s}s")
+        if serving == 0:
+            problems.append("no model is serving")
+        broken = [s.name for s in self.models.slots.values() if s.serving is None]
+        if broken:
+            problems.append(f"models without a loadable version: {', '.join(broken)}")
+        status = "unhealthy" if stuck or serving == 0 else ("degraded" if broken else "ok")
+        return {"status": status, "state": self.state.value, "models_serving": serving, "stuck_workers": stuck,
+                "loop_age_s": round(now - self.last_loop, 3), "problems": problems}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value, "pid": os.getpid(), "edged": edged.__version__,
+            "uptime_s": round(self.clock.monotonic() - self.started_at, 3),
+            "runtime": self.backend.describe(), "delegate_config": self.config.runtime.delegate,
+            "endpoints": {"predict": self.config.endpoint, "control": self.config.control_endpoint},
+            "config": self.config.source, "repository": str(self.models.root), "profile": self.profile,
+            "models": self.models.describe(), "queue_depth": self.scheduler.depth(),
+            "workers": {"total": len(self._workers), "busy": self.scheduler.active},
+            "health": self.health()["status"],
+        }
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config; an invalid one is refused and the old one kept.
+
+        Raises :class:`ConfigError` (answered as ``CONFIG_INVALID``) when the new
+        config does not validate.
+        """
+        previous = self.state
+        self.state = DaemonState.RELOADING
+        try:
+            try:
+                new = config_mod.load(self.config_path, self.overrides)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running config: %s", exc)
+                raise
+            restart_needed = [f"server.{k}" for k in ("endpoint", "control_endpoint", "workers")
+                              if getattr(new.server, k) != getattr(self.config.server, k)]
+            if new.runtime != self.config.runtime:
+                restart_needed.append("runtime")
+            if restart_needed:
+                log.warning("reload: %s change only on restart", ", ".join(restart_needed))
+            logging.getLogger("edged").setLevel(new.server.log_level.upper())
+            self.config.server.log_level = new.server.log_level
+            self.config.repository = new.repository
+            self.config.power = new.power
+            self.config.server.grace_period_s = new.server.grace_period_s
+            self.config.server.queue_size = self.scheduler.queue_size = new.server.queue_size
+            log.info("reloaded config from %s", new.source)
+            return {"reloaded": True, "restart_needed": restart_needed}
+        finally:
+            self.state = previous if previous is not DaemonState.RELOADING else DaemonState.RUNNING
+
+
+def _ipc_alive(ctx: zmq.Context, endpoint: str) -> bool:
+    """True if a live daemon answers ``health`` on ``endpoint`` within 300 ms."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart([protocol.dumps({"v": 1, "id": "probe", "op": "health"})])
+        return bool(sock.poll(300))
+    finally:
+        sock.close(0)

@@ -1,0 +1,64 @@
+"""The one place where requests meet commands and exceptions become wire errors.
+
+Every reply that says ``"ok": false`` is built by :func:`wire_error`, from any
+exception: an :class:`~edged.errors.EdgedError` keeps its code and details,
+anything else is a bug and becomes ``INTERNAL`` (logged with its traceback; the
+message sent is generic so no internals leak to clients).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from edged import protocol
+from edged.errors import EdgedError, ErrorCode, RequestError
+from edged.server import commands
+
+log = logging.getLogger("edged.server")
+
+
+@dataclass
+class Request:
+    endpoint: str  # "predict" | "control"
+    envelope: list[Any]  # routing frames to send back first
+    header: dict[str, Any]
+    frames: list[Any]  # zmq.Frame objects (zero-copy)
+    received: float  # clock.monotonic() when read
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> Any:
+        return self.header.get("id")
+
+    @property
+    def op(self) -> Any:
+        return self.header.get("op")
+
+
+def wire_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, EdgedError):
+        return exc.to_wire()
+    log.exception("internal error", exc_info=exc)
+    return {"code": ErrorCode.INTERNAL.value, "message": f"internal error ({type(exc).__name__}); see the daemon log"}
+
+
+def error_reply(request_id: Any, op: Any, exc: BaseException) -> dict[str, Any]:
+    return protocol.error_header(request_id, op, wire_error(exc))
+
+
+def dispatch(daemon: Any, req: Request) -> None:
+    """Run the command named by ``req.op``; any failure is answered as an error reply."""
+    try:
+        command = commands.REGISTRY.get(req.op) if isinstance(req.op, str) else None
+        if command is None or req.endpoint not in command.ENDPOINTS:
+            where = "" if command is None else f" on the {req.endpoint} endpoint"
+            raise RequestError(f"unknown op {req.op!r}{where}", code=ErrorCode.UNKNOWN_OP)
+        command.validate(req.header, req.frames)
+        result = command.execute(daemon, req)
+    except Exception as exc:
+        daemon.reply(req, error_reply(req.id, req.op, exc))
+        return
+    if result is not None:
+        daemon.reply(req, result)

@@ -1,0 +1,71 @@
+"""A bounded, prioritised job queue between the main loop and the worker threads.
+
+High-priority jobs are taken first, then normal, then low.  ``submit`` never
+blocks: a full queue is answered at once with ``THROTTLED`` so a client never
+hangs on a busy daemon.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+from edged.errors import Throttled
+
+_ORDER = ("high", "normal", "low")
+
+
+class Scheduler:
+    def __init__(self, queue_size: int) -> None:
+        self.queue_size = queue_size
+        self._queues: dict[str, deque[Any]] = {p: deque() for p in _ORDER}
+        self._cond = threading.Condition()
+        self._closed = False
+        self.active = 0  # jobs taken by workers and not yet done
+        self.max_active: int | None = None  # concurrency bound (power governor); None = workers
+
+    def depth(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    def submit(self, job: Any, priority: str = "normal", retry_after_ms: int = 50) -> None:
+        """Queue ``job``; raises :class:`Throttled` when the queue is full.
+        """
+        with self._cond:
+            if sum(len(q) for q in self._queues.values()) >= self.queue_size:
+                raise Throttled(f"queue full ({self.queue_size} waiting)", retry_after_ms=retry_after_ms)
+            self._queues[priority].append(job)
+            self._cond.notify()
+
+    def get(self) -> Any | None:
+        """Block until a job is available and the concurrency bound allows; None once closed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if self.max_active is None or self.active < self.max_active:
+                    for p in _ORDER:
+                        if self._queues[p]:
+                            self.active += 1
+                            return self._queues[p].popleft()
+                self._cond.wait()
+
+    def done(self) -> None:
+        with self._cond:
+            self.active -= 1
+            self._cond.notify()
+
+    def set_max_active(self, value: int | None) -> None:
+        with self._cond:
+            self.max_active = value
+            self._cond.notify_all()
+
+    def idle(self) -> bool:
+        with self._cond:
+            return self.active == 0 and not any(self._queues.values())
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

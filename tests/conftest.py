@@ -1,0 +1,148 @@
+"""Shared fixtures: a real daemon in a subprocess on temporary ipc:// endpoints."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODELS = ROOT / "models"
+
+
+def runtime_choice() -> str:
+    """The backend the tests use: $EDGED_RUNTIME (CI runs the suite again with tflite-runtime)."""
+    return os.environ.get("EDGED_RUNTIME", "auto")
+
+
+@pytest.fixture
+def backend():
+    from edged.runtime.backends import select_backend
+
+    return select_backend(runtime_choice())
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    # ipc:// paths are limited to ~107 bytes, so not pytest's (long) tmp_path.
+    path = Path(tempfile.mkdtemp(prefix="edged-t-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A private copy of the bundled model repository."""
+    dest = tmp_path / "models"
+    shutil.copytree(BUNDLED_MODELS, dest, symlinks=True)
+    return dest
+
+
+class DaemonProcess:
+    """``edged serve`` as a subprocess; ``stop()`` sends SIGTERM and returns the exit status."""
+
+    def __init__(self, models: Path, sockdir: Path, args: list[str], env: dict[str, str]) -> None:
+        self.endpoint = f"ipc://{sockdir}/p.sock"
+        self.control_endpoint = f"ipc://{sockdir}/c.sock"
+        self.log_path = sockdir / f"daemon-{id(self)}.log"
+        self.env = {**os.environ, "EDGED_ENDPOINT": self.endpoint, "EDGED_CONTROL_ENDPOINT": self.control_endpoint,
+                    "EDGED_RUNTIME": runtime_choice(), "PYTHONUNBUFFERED": "1", **env}
+        self.env.pop("NOTIFY_SOCKET", None) if "NOTIFY_SOCKET" not in env else None
+        cmd = [sys.executable, "-m", "edged", "serve", "--models", str(models), "--endpoint", self.endpoint,
+               "--control-endpoint", self.control_endpoint, *args]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=str(ROOT))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until ``health`` answers; fail with the daemon's log if it exits or never answers."""
+        from edged.client import Client
+        from edged.errors import TransportError
+
+        deadline = time.monotonic() + timeout
+        with Client(self.endpoint, timeout=0.5) as c:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"daemon exited with {self.proc.returncode} before ready:\n{self.log()}")
+                try:
+                    c.health()
+                    return
+                except TransportError:
+                    continue
+        pytest.fail(f"daemon not ready after {timeout}s:\n{self.log()}")
+
+    def client(self, timeout: float = 10.0):
+        from edged.client import Client
+
+        return Client(self.endpoint, timeout=timeout)
+
+    def control(self, timeout: float = 30.0):
+        from edged.client import Client
+
+        return Client.control(self.control_endpoint, timeout=timeout)
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True,
+                              env=self.env, timeout=timeout, cwd=str(ROOT))
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f"daemon did not stop within {timeout}s:\n{self.log()}")
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def daemon_factory(sockdir: Path) -> Iterator:
+    started: list[DaemonProcess] = []
+
+    def start(models: Path, *args: str, env: dict[str, str] | None = None, ready: bool = True) -> DaemonProcess:
+        d = DaemonProcess(models, sockdir, list(args), env or {})
+        started.append(d)
+        if ready:
+            d.wait_ready()
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def daemon(daemon_factory, repo: Path) -> DaemonProcess:
+    """A daemon serving a copy of the bundled repository."""
+    return daemon_factory(repo)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leaks() -> Iterator[None]:
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    leaked = [t for t in threading.enumerate() if t.ident not in before and t.is_alive() and not t.daemon]
+    assert not leaked, f"threads leaked by the test: {leaked}"

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edged import config
+from edged.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "edged.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_need_no_file(monkeypatch):
+    monkeypatch.delenv("EDGED_CONFIG", raising=False)
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", Path("/nonexistent/edged.toml"))
+    cfg = config.load()
+    assert cfg.source == "defaults"
+    assert cfg.server.workers == 2 and cfg.runtime.backend == "auto" and cfg.runtime.delegate == "auto"
+    assert cfg.repository.activation == "auto" and cfg.repository.probation.tries == 1
+
+
+def test_file_then_overrides(tmp_path):
+    p = write(tmp_path, '[server]\nworkers = 3\n[runtime]\ndelegate = "cpu"\n')
+    cfg = config.load(p, {"server.workers": 4, "runtime.backend": None})
+    assert cfg.server.workers == 4 and cfg.runtime.delegate == "cpu" and cfg.runtime.backend == "auto"
+    assert cfg.source == str(p)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ('[server]\nworkers = 0\n', "server.workers", "0"),
+        ('[server]\nworkers = "two"\n', "server.workers", "'two'"),
+        ('[runtime]\ndelegate = "gpu"\n', "runtime.delegate", "'gpu'"),
+        ('[runtime]\nbackend = "onnx"\n', "runtime.backend", "'onnx'"),
+        ('[server]\nwokers = 2\n', "server.wokers", "2"),
+        ('[nope]\nx = 1\n', "nope", "x"),
+        ('[repository.probation]\nmax_error_rate = -1\n', "repository.probation.max_error_rate", "-1"),
+        ('[repository]\nactivation = "sometimes"\n', "repository.activation", "'sometimes'"),
+        ('[repository.models.digits]\nactivation = "later"\n', "repository.models.digits.activation", "'later'"),
+        ('[server]\nendpoint = "tcp://0.0.0.0:5555"\n', "server.endpoint", "0.0.0.0"),
+        ('[server]\nendpoint = "udp://x"\n', "server.endpoint", "udp://x"),
+    ],
+)
+def test_bad_values_name_key_and_value(tmp_path, text, key, value):
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text))
+    assert key in str(info.value) and value in str(info.value)
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        config.load(write(tmp_path, "[server\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "missing.toml")
+
+
+def test_loopback_tcp_allowed_and_remote_needs_opt_in(tmp_path):
+    cfg = config.load(write(tmp_path, '[server]\nendpoint = "tcp://127.0.0.1:5555"\n'))
+    assert cfg.endpoint == "tcp://127.0.0.1:5555"
+    cfg = config.load(write(tmp_path, '[server]\nendpoint = "tcp://0.0.0.0:5555"\nallow_remote = true\n'))
+    assert cfg.endpoint.startswith("tcp://0.0.0.0")
+
+
+def test_per_model_policy_overrides(tmp_path):
+    cfg = config.load(write(tmp_path, """
+[repository]
+activation = "auto"
+[repository.probation]
+requests = 50
+[repository.models.digits]
+activation = "manual"
+probation = { requests = 5 }
+"""))
+    pol = cfg.repository.policy_for("digits")
+    assert pol.activation == "manual" and pol.probation.requests == 5
+    assert cfg.repository.policy_for("other").probation.requests == 50
+
+
+def test_runtime_dir_precedence():
+    assert str(config.runtime_dir({"RUNTIME_DIRECTORY": "/run/edged:/run/x"})) == "/run/edged"
+    assert str(config.runtime_dir({"XDG_RUNTIME_DIR": "/run/user/5"})) == "/run/user/5/edged"
+    assert str(config.runtime_dir({})).startswith("/tmp/edged-")
+    assert config.default_models_path({"STATE_DIRECTORY": "/var/lib/edged"}) == Path("/var/lib/edged/models")

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edged import protocol
+from edged.errors import ErrorCode, RequestError
+
+
+def test_encode_then_decode_roundtrip_every_dtype():
+    for name in protocol.DTYPES:
+        arr = (np.arange(24) % 3).astype(name).reshape(2, 3, 4)
+        frames = protocol.encode({"id": "1", "op": "predict", "inputs": [protocol.tensor_meta(arr, "x")]}, [arr])
+        header = protocol.parse_header(frames[0])
+        assert header["v"] == 1
+        back = protocol.array_from_frame(header["inputs"][0], bytes(frames[1]), 0)
+        assert back.dtype == arr.dtype and back.shape == arr.shape
+        np.testing.assert_array_equal(back, arr)
+
+
+def test_decoded_array_aliases_the_frame():
+    buf = bytearray(np.arange(4, dtype=np.float32).tobytes())
+    arr = protocol.array_from_frame({"dtype": "float32", "shape": [4]}, memoryview(buf), 0)
+    buf[0:4] = np.float32(9).tobytes()
+    assert arr[0] == 9  # no copy was made
+
+
+def test_big_endian_input_is_sent_little_endian():
+    arr = np.arange(3, dtype=">f4")
+    wire = protocol.as_wire_array(arr)
+    assert wire.dtype.byteorder in ("<", "=")
+    np.testing.assert_array_equal(wire, [0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"\xff\xfe", ErrorCode.BAD_REQUEST),
+        (b"not json", ErrorCode.BAD_REQUEST),
+        (b"[1,2]", ErrorCode.BAD_REQUEST),
+        (b'{"op":"predict"}', ErrorCode.UNSUPPORTED_PROTOCOL),
+        (b'{"v":2,"op":"predict"}', ErrorCode.UNSUPPORTED_PROTOCOL),
+        (b'{"v":1,"pad":"' + b"x" * 70000 + b'"}', ErrorCode.TOO_LARGE),
+    ],
+)
+def test_bad_headers_raise_their_code(raw, code):
+    with pytest.raises(RequestError) as info:
+        protocol.parse_header(raw)
+    assert info.value.code is code
+
+
+@pytest.mark.parametrize(
+    ("meta", "nbytes", "code"),
+    [
+        ({"dtype": "complex64", "shape": [1]}, 8, ErrorCode.BAD_DTYPE),
+        ({"dtype": "float32", "shape": "1x4"}, 16, ErrorCode.BAD_SHAPE),
+        ({"dtype": "float32", "shape": [-1]}, 4, ErrorCode.BAD_SHAPE),
+        ({"dtype": "float32", "shape": [True]}, 4, ErrorCode.BAD_SHAPE),
+        ({"dtype": "float32", "shape": [1, 4]}, 15, ErrorCode.BAD_SIZE),
+        ("float32", 4, ErrorCode.BAD_REQUEST),
+    ],
+)
+def test_bad_tensors_raise_their_code(meta, nbytes, code):
+    with pytest.raises(RequestError) as info:
+        protocol.array_from_frame(meta, b"\0" * nbytes, 0)
+    assert info.value.code is code
+
+
+def test_unsupported_dtype_on_send():
+    with pytest.raises(RequestError) as info:
+        protocol.as_wire_array(np.zeros(2, np.complex64))
+    assert info.value.code is ErrorCode.BAD_DTYPE
+
+
+def test_error_header_shape():
+    h = protocol.error_header("7", "predict", {"code": "BAD_SHAPE", "message": "m"})
+    assert json.loads(protocol.dumps(h)) == {"v": 1, "id": "7", "op": "predict", "ok": False,
+                                             "error": {"code": "BAD_SHAPE", "message": "m"}}

@@ -9,6 +9,7 @@ Exit status: 0 success; 2 usage; otherwise the class of the error
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -59,6 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "runtime.delegate": args.delegate, "server.workers": args.workers,
     }
     setup_logging(args.log_level or "info", args.log_format or "text")
+    # A segfault in a native kernel, or SIGABRT from systemd's watchdog, dumps every
+    # thread's Python stack to stderr (the journal) before the process dies.
+    faulthandler.enable()
     try:
         cfg = config_mod.load(args.config, overrides)
         setup_logging(cfg.server.log_level, cfg.server.log_format)
@@ -172,11 +176,24 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                 sys.stdout.write(prometheus_text(data))
             else:
                 _print(args, data)
+        elif args.ctl == "versions":
+            _print(args, c.call("versions", model=args.model)[0], _versions_text)
         else:
-            head, _ = c.call(args.ctl)
+            fields = {k: getattr(args, k) for k in ("model", "version") if getattr(args, k, None) is not None}
+            if getattr(args, "force", False):
+                fields["force"] = True
+            head, _ = c.call(args.ctl, **fields)
             head = {k: v for k, v in head.items() if k not in ("v", "id", "op", "ok")}
             _print(args, head, lambda d: ", ".join(f"{k}={v}" for k, v in d.items()) or "ok")
     return 0
+
+
+def _versions_text(d: dict[str, Any]) -> str:
+    lines = [f"{d['model']}: serving {d['serving']}, committed {d['committed']}"
+             + (f", pinned {d['pinned']}" if d["pinned"] else "")]
+    for v in d["versions"]:
+        lines.append(f"  {v['version']:>8}  {v['state']:<10} {v['reason']}")
+    return "\n".join(lines)
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -224,14 +241,32 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(s)
     s.set_defaults(func=cmd_health)
 
-    s = sub.add_parser("ctl", help="control the running daemon")
-    client_opts(s, control=True)
+    # --json/--timeout/--control-endpoint work before or after the ctl subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--control-endpoint", default=argparse.SUPPRESS,
+                        help="default $EDGED_CONTROL_ENDPOINT or the runtime dir")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds (default 60)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    s = sub.add_parser("ctl", help="control the running daemon", parents=[common])
+    s.set_defaults(json=False, timeout=float(os.environ.get("EDGED_TIMEOUT", "60")), control_endpoint=None)
     ctl = s.add_subparsers(dest="ctl", required=True)
-    ctl.add_parser("status", help="state, models, versions, profile")
-    st = ctl.add_parser("stats", help="counters and latency")
+    ctl.add_parser("status", help="state, models, versions, profile", parents=[common])
+    st = ctl.add_parser("stats", help="counters and latency", parents=[common])
     st.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
-    ctl.add_parser("reload", help="re-read config and rescan the repository (SIGHUP)")
-    ctl.add_parser("quit", help="drain and stop (SIGTERM)")
+    ctl.add_parser("reload", help="re-read config and rescan the repository (SIGHUP)", parents=[common])
+    ctl.add_parser("quit", help="drain and stop (SIGTERM)", parents=[common])
+    v = ctl.add_parser("versions", help="versions of a model and their states", parents=[common])
+    v.add_argument("--model", default=None)
+    for name, helptext in (("swap", "validate VERSION and make it serve"), ("pin", "hold the model on VERSION"),
+                           ("unmark", "clear VERSION's bad mark")):
+        sp = ctl.add_parser(name, help=helptext, parents=[common])
+        sp.add_argument("version")
+        sp.add_argument("--model", default=None)
+        if name == "swap":
+            sp.add_argument("--force", action="store_true", help="accept a changed input/output contract")
+    for name, helptext in (("rollback", "go back to the previous good version"),
+                           ("unpin", "let auto-activation manage the model again")):
+        ctl.add_parser(name, help=helptext, parents=[common]).add_argument("--model", default=None)
     s.set_defaults(func=cmd_ctl)
     return p
 

@@ -64,6 +64,8 @@ def default_models_path(environ: dict[str, str] | os._Environ[str] = os.environ)
 class ServerConfig:
     endpoint: str = ""  # "" = default_endpoint()
     control_endpoint: str = ""
+    #: PUB socket for model and power events ("" = ipc://<runtime-dir>/events.sock; "none" = off).
+    events_endpoint: str = ""
     #: Allow TCP endpoints on non-loopback addresses (off: edged is a local service until CURVE lands).
     allow_remote: bool = False
     workers: int = 2
@@ -154,6 +156,18 @@ class Config:
     def control_endpoint(self) -> str:
         return self.server.control_endpoint or default_control_endpoint()
 
+    @property
+    def events_endpoint(self) -> str | None:
+        ep = self.server.events_endpoint
+        if ep == "none":
+            return None
+        if ep:
+            return ep
+        control = self.control_endpoint
+        if control.startswith("ipc://"):
+            return f"ipc://{Path(control[len('ipc://'):]).parent}/events.sock"
+        return None  # TCP control without an explicit events endpoint: no PUB socket
+
 
 _POSITIVE = {
     "server.workers", "server.queue_size", "server.tick_s", "server.max_message_bytes",
@@ -222,6 +236,8 @@ def _validate(config: Config) -> None:
 
     for key, endpoint in (("server.endpoint", config.endpoint), ("server.control_endpoint", config.control_endpoint)):
         check_endpoint(key, endpoint, config.server.allow_remote)
+    if config.events_endpoint:
+        check_endpoint("server.events_endpoint", config.events_endpoint, config.server.allow_remote)
     if config.endpoint == config.control_endpoint:
         raise ConfigError("server.control_endpoint", config.control_endpoint, "must differ from server.endpoint")
     for name, over in config.repository.models.items():

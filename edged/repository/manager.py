@@ -1,27 +1,95 @@
-"""Which version of each model is serving, and loading versions into interpreters.
+"""Which version of each model serves, and how that changes: swap, probation, rollback.
 
-The :class:`ModelManager` is the server's only view of the repository.  At
-start it serves every model at its ``current`` version (or, without that link,
-its highest version); a version that fails to load is reported and the next
-older one is tried, so one bad file never takes the daemon down.
+The :class:`ModelManager` is the server's only view of the repository.
+
+* **Start** – each model is served at its committed version (from the state
+  file), else its ``current`` link, else its highest version.  A version left on
+  probation by a process that died is counted as a failed attempt (the boot
+  counter); past ``probation.tries`` it is marked bad and the last committed
+  version serves instead, so a model that crashes the runtime cannot cause a
+  crash loop.  A version that fails to load is reported and the next older one
+  tried, so one bad file never takes the daemon down.
+* **Scan** – on start, on file events (debounced) and on reload, every version
+  directory is classified (complete, incomplete, bad, rejected …).  With
+  ``activation = "auto"`` the highest new complete version becomes a candidate.
+* **Swap** – one background thread runs swaps one at a time: validate the
+  candidate in a child process, compare contracts, write the probation record
+  (boot counter), build and warm the new interpreters, switch the serving
+  reference (requests already queued finish on the old version), point
+  ``current`` at it atomically.  The old version is released when its last
+  in-flight request drops its reference, or kept for instant rollback
+  (``keep_previous``).
+* **Probation** – per-request outcomes of the new version are compared with
+  the configured thresholds on every tick; crossing one rolls back and marks
+  the version bad (persisted), otherwise it is committed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edged.config import Config
-from edged.errors import EdgedError, ErrorCode, ModelError, NotFoundError
-from edged.repository import layout
+import numpy as np
+
+from edged.config import Config, ModelPolicy
+from edged.errors import EdgedError, ErrorCode, ModelError, NotFoundError, RetryableError
+from edged.repository import check, layout
+from edged.repository.state import Probation, StateStore
 from edged.runtime.backends import Backend
 from edged.runtime.delegates import DelegateUnavailable
-from edged.runtime.model import LoadedModel, LoadSpec
+from edged.runtime.model import LITE_MODEL, LoadedModel, LoadSpec
+from edged.seams import Clock
+from edged.states import VersionState
 
 log = logging.getLogger("edged.repository")
+
+
+@dataclass
+class ProbationTracker:
+    version: str
+    started: float  # clock.monotonic()
+    policy: ModelPolicy
+    baseline_p95_us: float | None
+    requests: int = 0
+    errors: int = 0
+    nonfinite: int = 0
+    latencies: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
+
+    def record(self, ok: bool, nonfinite: bool, invoke_us: int | None) -> None:
+        self.requests += 1
+        self.errors += 0 if ok else 1
+        self.nonfinite += 1 if nonfinite else 0
+        if invoke_us is not None:
+            self.latencies.append(invoke_us)
+
+    def verdict(self, now: float) -> tuple[str, str]:
+        """("rollback", why) | ("commit", why) | ("wait", "")."""
+        p = self.policy.probation
+        n = self.requests
+        # Judge rates only on a minimum sample, so one unlucky request cannot roll back.
+        min_samples = max(1, min(p.requests, 20)) if p.requests else 20
+        if n >= min_samples:
+            if self.errors / n > p.max_error_rate:
+                return "rollback", f"error rate {self.errors}/{n} over {p.max_error_rate:.2%}"
+            if self.nonfinite / n > p.max_nonfinite_rate:
+                return "rollback", f"non-finite outputs in {self.nonfinite}/{n} requests over {p.max_nonfinite_rate:.2%}"
+            if self.baseline_p95_us and len(self.latencies) >= min_samples:
+                p95 = float(np.percentile(np.asarray(self.latencies), 95))
+                ratio = p95 / self.baseline_p95_us
+                if ratio > p.max_p95_ratio:
+                    return "rollback", (f"p95 invoke latency {p95:.0f}us is {ratio:.1f}x the previous version's "
+                                        f"{self.baseline_p95_us:.0f}us (limit {p.max_p95_ratio}x)")
+        if now - self.started >= p.seconds and n >= p.requests:
+            return "commit", f"{n} requests over {now - self.started:.0f}s within thresholds"
+        return "wait", ""
 
 
 @dataclass
@@ -30,74 +98,133 @@ class ModelSlot:
 
     name: str
     serving: LoadedModel | None = None
-    errors: dict[str, str] = field(default_factory=dict)  # version -> reason it is not serving
+    previous: LoadedModel | None = None  # kept loaded for instant rollback (keep_previous)
+    probation: ProbationTracker | None = None
+    errors: dict[str, str] = field(default_factory=dict)  # version -> why it was not loaded
+    rejected: dict[str, tuple[Any, str]] = field(default_factory=dict)  # version -> (fingerprint, why)
+    pending: str | None = None  # version queued for a swap
+    deferred: str | None = None  # candidate held back by the power profile
+
+
+@dataclass
+class _Op:
+    kind: str  # "swap" | "rollback" | "variant"
+    model: str
+    version: str | None = None
+    force: bool = False
+    reason: str = ""
+    done: Callable[[dict[str, Any] | None, BaseException | None], None] | None = None
 
 
 class ModelManager:
-    def __init__(self, config: Config, backend: Backend) -> None:
+    def __init__(self, config: Config, backend: Backend, *, clock: Clock | None = None,
+                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
         self.backend = backend
+        self.clock = clock or Clock()
         self.root = config.models_path
         self.variant = "full"
-        self._lock = threading.Lock()
+        self.updates_allowed = True
+        self.emit = emit or (lambda event: None)
         self.slots: dict[str, ModelSlot] = {}
+        self.state = StateStore(self.root)
+        self._ops: queue.Queue[_Op | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards probation trackers (workers record, main loop judges)
+        self.rescan_at: float | None = None  # monotonic time when an unsettled version should be looked at again
 
     # -- loading ---------------------------------------------------------------------------
 
-    def spec_for(self, name: str, version: str, *, workers: int | None = None) -> LoadSpec:
+    def spec_for(self, name: str, version: str, *, variant: str | None = None) -> LoadSpec:
         path = layout.version_dir(self.root, name, version)
-        manifest = None
-        from edged.repository.manifest import ManifestError, load_manifest  # local: optional file
-
-        try:
-            manifest_obj = load_manifest(path)
-        except FileNotFoundError:
-            manifest_obj = None
-        except ManifestError as exc:
-            raise ModelError(f"{name}/{version}: bad manifest: {exc}", code=ErrorCode.VALIDATION_FAILED) from None
-        if manifest_obj is not None:
-            manifest = manifest_obj.to_dict()
+        manifest = check.static_checks(path)
+        check.check_min_runtime(manifest, self.backend.name, self.backend.version)
         rt = self.config.runtime
         return LoadSpec(
             name=name, version=version, path=path, backend=self.backend, delegate=rt.delegate,
-            workers=workers or self.config.server.workers, num_threads=rt.num_threads, variant=self.variant,
+            workers=self.config.server.workers, num_threads=rt.num_threads, variant=variant or self.variant,
             edgetpu_device=rt.edgetpu_device, edgetpu_library=rt.edgetpu_library,
             preprocessing=(manifest or {}).get("preprocessing"), labels=layout.read_labels(path), manifest=manifest,
         )
 
-    def load(self, name: str, version: str) -> LoadedModel:
-        """Load one version; raises :class:`ModelError` (or ``NotFoundError``) on failure."""
-        return LoadedModel.load(self.spec_for(name, version))
+    def load(self, name: str, version: str, *, variant: str | None = None) -> LoadedModel:
+        """Load one version in-process; raises :class:`ModelError` (or ``NotFoundError``)."""
+        return LoadedModel.load(self.spec_for(name, version, variant=variant))
 
     def start(self) -> None:
-        """Serve every model in the repository.
+        """Serve every model in the repository, then start the swap thread.
 
-        Raises :class:`ModelError` only for failures that no older version can
-        fix: an explicitly requested Edge TPU that is missing.
+        Raises :class:`DelegateUnavailable` only: an explicitly requested Edge
+        TPU that is missing is a configuration problem no older version can fix.
         """
         names = layout.model_names(self.root)
         if not names:
             log.warning("model repository %s has no models; serving nothing until one is published", self.root)
         for name in names:
-            slot = self.slots.setdefault(name, ModelSlot(name))
-            versions = layout.version_names(self.root / name)
-            preferred = layout.current_link(self.root / name)
-            order = sorted(versions, key=lambda v: (v != preferred, -(layout.version_number(v) or 0)))
-            for version in order:
-                try:
-                    slot.serving = self.load(name, version)
-                except DelegateUnavailable:
-                    raise
-                except EdgedError as exc:
-                    slot.errors[version] = str(exc)
-                    log.error("%s/%s not loaded: %s", name, version, exc)
-                    continue
-                m = slot.serving
-                log.info("serving %s/%s (%s, delegate %s, %d interpreters)", name, version,
-                         self.backend.describe(), m.delegate, m.pool_size)
-                break
+            self._boot(name)
+        self._thread = threading.Thread(target=self._run_ops, name="edged-swapper", daemon=True)
+        self._thread.start()
+
+    def _boot(self, name: str) -> None:
+        slot = self.slots.setdefault(name, ModelSlot(name))
+        st = self.state.get(name)
+        model_dir = self.root / name
+        versions = layout.version_names(model_dir)
+        policy = self.config.repository.policy_for(name)
+        preferred: str | None = None
+        if st.probation is not None:
+            prob = st.probation
+            if prob.attempts >= policy.probation.tries:
+                why = f"daemon stopped during probation ({prob.attempts} attempt(s)); crash or kill suspected"
+                log.error("%s/%s: %s; serving the last committed version", name, prob.version, why)
+                self.state.mark_bad(name, prob.version, why)
+                self.state.update(name, probation=None)
+                self.emit({"event": "rollback", "model": name, "version": prob.version, "reason": why})
+                preferred = st.committed or prob.previous
             else:
-                log.error("model %s: no loadable version (%s)", name, ", ".join(versions) or "none")
+                prob.attempts += 1
+                self.state.update(name, probation=prob)
+                preferred = prob.version
+                log.warning("%s/%s: resuming probation, attempt %d of %d", name, prob.version, prob.attempts,
+                            policy.probation.tries)
+        if preferred is None:
+            preferred = st.pinned or st.committed or layout.current_link(model_dir)
+        bad = self.state.get(name).bad
+        order = sorted((v for v in versions if v not in bad or v == preferred),
+                       key=lambda v: (v != preferred, -(layout.version_number(v) or 0)))
+        for version in order:
+            if version != preferred and not (model_dir / version / layout.MANIFEST_FILE).exists() \
+                    and not self._settled(model_dir / version):
+                continue  # still being copied in; never load a half-written version
+            try:
+                slot.serving = self.load(name, version)
+            except DelegateUnavailable:
+                raise
+            except EdgedError as exc:
+                slot.errors[version] = exc.message
+                log.error("%s/%s not loaded: %s", name, version, exc.message)
+                continue
+            break
+        if slot.serving is None:
+            log.error("model %s: no loadable version (%s)", name, ", ".join(versions) or "none")
+            return
+        m = slot.serving
+        log.info("serving %s/%s (%s, delegate %s, %d interpreters)", name, m.version, self.backend.describe(),
+                 m.delegate, m.pool_size)
+        st = self.state.get(name)
+        if st.probation is not None and st.probation.version == m.version:
+            slot.probation = ProbationTracker(m.version, self.clock.monotonic(), policy, None)
+        elif st.committed != m.version:
+            # First sight of this model (or the committed version would not load): adopt what serves.
+            self.state.update(name, committed=m.version, probation=None)
+        if layout.current_link(model_dir) != m.version:
+            layout.set_current(model_dir, m.version)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._ops.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -107,18 +234,28 @@ class ModelManager:
         Raises :class:`NotFoundError` (``UNKNOWN_MODEL``) for unknown names, for a
         missing name when several models exist, and for a model with no loadable version.
         """
-        slots = self.slots
         if name is None:
-            serving = [s for s in slots.values() if s.serving is not None]
+            serving = [s.serving for s in self.slots.values() if s.serving is not None]
             if len(serving) != 1:
-                have = ", ".join(sorted(slots)) or "none"
+                have = ", ".join(sorted(self.slots)) or "none"
                 raise NotFoundError(f"request names no model and {len(serving)} are serving ({have}); set 'model'")
-            return serving[0].serving  # type: ignore[return-value]
-        slot = slots.get(name)
+            return serving[0]
+        slot = self.slots.get(name)
         if slot is None or slot.serving is None:
             why = "" if slot is None else f": no loadable version ({'; '.join(slot.errors.values())})"
             raise NotFoundError(f"unknown model {name!r}{why}")
         return slot.serving
+
+    def slot(self, name: str | None) -> ModelSlot:
+        if name is None:
+            if len(self.slots) != 1:
+                raise NotFoundError(f"{len(self.slots)} models in the repository ({', '.join(sorted(self.slots))}); "
+                                    f"name one with --model")
+            return next(iter(self.slots.values()))
+        layout.check_name("model", name)
+        if name not in self.slots:
+            raise NotFoundError(f"unknown model {name!r}")
+        return self.slots[name]
 
     def describe(self) -> list[dict[str, Any]]:
         out = []
@@ -126,12 +263,319 @@ class ModelManager:
             entry: dict[str, Any] = {"model": slot.name, "errors": dict(slot.errors)}
             if slot.serving is not None:
                 entry.update(slot.serving.describe())
+                entry["probation"] = slot.probation is not None
             else:
                 entry["version"] = None
             out.append(entry)
         return out
 
-    def close(self) -> None:
+    def versions(self, name: str | None) -> dict[str, Any]:
+        """Every version of a model with its state and, where relevant, the reason."""
+        slot = self.slot(name)
+        st = self.state.get(slot.name)
+        model_dir = self.root / slot.name
+        rows = []
+        for version in layout.version_names(model_dir):
+            reason = ""
+            if slot.serving is not None and version == slot.serving.version:
+                state = VersionState.PROBATION if slot.probation else VersionState.SERVING
+            elif version in st.bad:
+                state, reason = VersionState.BAD, st.bad[version]
+            elif version in slot.rejected:
+                state, reason = VersionState.REJECTED, slot.rejected[version][1]
+            elif slot.previous is not None and version == slot.previous.version:
+                state = VersionState.PREVIOUS
+            elif not (model_dir / version / layout.MANIFEST_FILE).exists() and not self._settled(model_dir / version):
+                state, reason = VersionState.INCOMPLETE, "no manifest yet and files still changing"
+            elif version == st.committed:
+                state = VersionState.COMMITTED
+            else:
+                state = VersionState.AVAILABLE
+                if slot.deferred == version:
+                    reason = "deferred: the power profile does not allow updates now"
+            if version in slot.errors and state is VersionState.AVAILABLE:
+                state, reason = VersionState.REJECTED, slot.errors[version]
+            rows.append({"version": version, "state": state.value, "reason": reason,
+                         "committed": version == st.committed, "pinned": version == st.pinned})
+        return {"model": slot.name, "serving": slot.serving.version if slot.serving else None,
+                "committed": st.committed, "pinned": st.pinned, "versions": rows}
+
+    # -- scanning ------------------------------------------------------------------------------
+
+    def _settled(self, path: Path) -> bool:
+        """A version dir without manifest counts once nothing in it changed for ``settle_s``."""
+        newest = 0.0
+        try:
+            for dirpath, _dirs, files in os.walk(path):
+                newest = max(newest, os.stat(dirpath).st_mtime)
+                for f in files:
+                    newest = max(newest, os.stat(os.path.join(dirpath, f)).st_mtime)
+        except FileNotFoundError:
+            return False
+        age = self.clock.time() - newest
+        if age < self.config.repository.settle_s:
+            due = self.clock.monotonic() + (self.config.repository.settle_s - age) + 0.05
+            self.rescan_at = due if self.rescan_at is None else min(self.rescan_at, due)
+            return False
+        return True
+
+    @staticmethod
+    def _fingerprint(path: Path) -> tuple[Any, ...]:
+        out = []
+        for name in (layout.MANIFEST_FILE, layout.MODEL_FILE):
+            try:
+                s = os.stat(path / name)
+                out.append((s.st_mtime_ns, s.st_size, s.st_ino))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def scan(self) -> None:
+        """Find new models and candidate versions; queue auto swaps.  Cheap: stats only."""
+        self.rescan_at = None
+        for name in layout.model_names(self.root):
+            slot = self.slots.get(name)
+            if slot is None:
+                slot = self.slots[name] = ModelSlot(name)
+                log.info("new model %s in the repository", name)
+            policy = self.config.repository.policy_for(name)
+            st = self.state.get(name)
+            model_dir = self.root / name
+            current = layout.version_number(slot.serving.version) if slot.serving else -1
+            candidate = None
+            for version in reversed(layout.version_names(model_dir)):
+                if (layout.version_number(version) or 0) <= (current if current is not None else -1):
+                    break
+                if version in st.bad:
+                    continue
+                path = model_dir / version
+                rejected = slot.rejected.get(version)
+                if rejected is not None:
+                    if rejected[0] == self._fingerprint(path):
+                        continue
+                    del slot.rejected[version]  # republished: look again
+                if not (path / layout.MANIFEST_FILE).exists() and not self._settled(path):
+                    continue
+                candidate = version
+                break
+            slot.deferred = None
+            if candidate is None or slot.pending == candidate:
+                continue
+            if slot.serving is not None and (policy.activation != "auto" or st.pinned):
+                continue
+            if slot.probation is not None:
+                continue  # one change at a time: finish this probation first
+            if not self.updates_allowed and slot.serving is not None:
+                slot.deferred = candidate
+                log.info("%s/%s: update deferred by the power profile", name, candidate)
+                continue
+            slot.pending = candidate
+            self._ops.put(_Op("swap", name, candidate, reason="auto"))
+
+    # -- operations (queued, run on the swap thread) ----------------------------------------------
+
+    def request(self, kind: str, model: str | None, version: str | None = None, *, force: bool = False,
+                reason: str = "manual", done: Callable[..., None] | None = None) -> None:
+        slot = self.slot(model)
+        if version is not None:
+            layout.version_dir(self.root, slot.name, version)  # validates the name, raises UNKNOWN_VERSION
+        self._ops.put(_Op(kind, slot.name, version, force, reason, done))
+
+    def _run_ops(self) -> None:
+        while True:
+            op = self._ops.get()
+            if op is None:
+                return
+            result: dict[str, Any] | None = None
+            error: BaseException | None = None
+            try:
+                if op.kind == "swap":
+                    result = self._swap(op)
+                elif op.kind == "rollback":
+                    result = self._rollback(op.model, op.reason, op.version)
+                elif op.kind == "variant":
+                    result = self._switch_variant(op.model)
+            except Exception as exc:  # reported to the caller / log; the serving version is untouched
+                error = exc
+                if not isinstance(exc, EdgedError):
+                    log.exception("%s %s failed", op.kind, op.model)
+            finally:
+                slot = self.slots.get(op.model)
+                if slot is not None and op.kind == "swap" and slot.pending == op.version:
+                    slot.pending = None
+            if error is not None and op.reason == "auto":
+                log.error("%s/%s refused: %s", op.model, op.version, getattr(error, "message", error))
+            if op.done is not None:
+                op.done(result, error)
+
+    def _swap(self, op: _Op) -> dict[str, Any]:
+        name, version = op.model, op.version
+        assert version is not None
+        slot = self.slots[name]
+        st = self.state.get(name)
+        policy = self.config.repository.policy_for(name)
+        path = layout.version_dir(self.root, name, version)
+        if version in st.bad and op.reason == "auto":
+            raise RetryableError(f"{name}/{version} is marked bad", code=ErrorCode.INVALID_STATE)
+        if version in st.bad:
+            raise RetryableError(f"{name}/{version} is marked bad ({st.bad[version]}); "
+                                 f"run 'edged ctl unmark {version}' first", code=ErrorCode.INVALID_STATE)
+        if slot.serving is not None and slot.serving.version == version and slot.serving.spec.variant == self.variant:
+            return {"model": name, "version": version, "changed": False}
+        fingerprint = self._fingerprint(path)
+        t0 = time.monotonic()
+        try:
+            report = check.validate_in_child(path, runtime=self.backend.name, delegate=self.config.runtime.delegate,
+                                             timeout=self.config.repository.validation_timeout_s)
+            if slot.serving is not None and not check.same_contract(report["contract"], slot.serving.contract()) \
+                    and not op.force:
+                raise ModelError(f"{name}/{version} changes the input/output contract "
+                                 f"({_contract_text(slot.serving.contract())} -> {_contract_text(report['contract'])}); "
+                                 f"swap with --force to accept it", code=ErrorCode.CONTRACT_CHANGED)
+        except EdgedError as exc:
+            slot.rejected[version] = (fingerprint, exc.message)
+            self.emit({"event": "rejected", "model": name, "version": version, "reason": exc.message})
+            raise
+        validate_s = time.monotonic() - t0
+        previous = slot.serving
+        # The boot counter goes to disk before the candidate enters this process.
+        self.state.update(name, probation=Probation(version, previous.version if previous else st.committed, 1,
+                                                    self.clock.time()))
+        try:
+            new = self.load(name, version)
+        except EdgedError as exc:
+            self.state.update(name, probation=None)
+            slot.rejected[version] = (fingerprint, exc.message)
+            raise
+        baseline = previous.p95_invoke_us() if previous is not None else None
+        with self._lock:
+            slot.probation = ProbationTracker(version, self.clock.monotonic(), policy, baseline)
+            slot.serving = new  # from here new requests get the new version; queued ones keep the old
+            slot.previous = previous if policy.keep_previous else None
+        slot.errors.pop(version, None)
+        layout.set_current(self.root / name, version)
+        event = {"event": "swap", "model": name, "version": version,
+                 "previous": previous.version if previous else None, "reason": op.reason,
+                 "validate_ms": round(validate_s * 1000), "samples": report.get("samples")}
+        log.info("%s: swapped %s -> %s (%s; validated in %.0f ms); on probation",
+                 name, event["previous"], version, op.reason, validate_s * 1000)
+        self.emit(event)
+        return {**event, "changed": True}
+
+    def _rollback(self, name: str, why: str, version: str | None = None) -> dict[str, Any]:
+        slot = self.slots[name]
+        st = self.state.get(name)
+        bad_version = slot.serving.version if slot.serving else None
+        target = version
+        if target is None:
+            if slot.previous is not None:
+                target = slot.previous.version
+            elif st.probation is not None and st.probation.previous:
+                target = st.probation.previous
+            elif st.committed and st.committed != bad_version:
+                target = st.committed
+            else:
+                older = [v for v in layout.version_names(self.root / name)
+                         if v not in st.bad and (layout.version_number(v) or 0) < (layout.version_number(bad_version or "0") or 0)]
+                target = older[-1] if older else None
+        if target is None or target == bad_version:
+            raise RetryableError(f"{name}: no earlier good version to roll back to", code=ErrorCode.INVALID_STATE)
+        new = slot.previous if slot.previous is not None and slot.previous.version == target else self.load(name, target)
+        with self._lock:
+            slot.probation = None
+            old = slot.serving
+            slot.serving = new
+            slot.previous = None
+        if bad_version is not None:
+            self.state.mark_bad(name, bad_version, why)
+        self.state.update(name, probation=None, committed=target)
+        layout.set_current(self.root / name, target)
+        log.warning("%s: rolled back %s -> %s: %s", name, bad_version, target, why)
+        event = {"event": "rollback", "model": name, "version": target, "from": bad_version, "reason": why}
+        self.emit(event)
+        del old
+        return event
+
+    def _switch_variant(self, name: str) -> dict[str, Any] | None:
+        slot = self.slots[name]
+        cur = slot.serving
+        if cur is None or cur.spec.variant == self.variant:
+            return None
+        if not (cur.spec.path / LITE_MODEL).is_file():
+            return None  # nothing to switch to; the full model keeps serving
+        new = self.load(name, cur.version, variant=self.variant)
+        check_spec = new.contract()
+        if not check.same_contract(check_spec, cur.contract()):
+            raise ModelError(f"{name}/{cur.version}: {LITE_MODEL} has a different contract; not switching",
+                             code=ErrorCode.CONTRACT_CHANGED)
+        slot.serving = new
+        event = {"event": "variant", "model": name, "version": cur.version, "variant": self.variant,
+                 "file": new.model_file.name}
+        log.info("%s/%s: now serving the %s variant (%s)", name, cur.version, self.variant, new.model_file.name)
+        self.emit(event)
+        return event
+
+    def set_variant(self, variant: str) -> None:
+        """Serve ``variant`` ("full"/"lite") for every model whose version has it."""
+        if variant == self.variant:
+            return
+        self.variant = variant
+        for name in self.slots:
+            self._ops.put(_Op("variant", name, reason="power"))
+
+    # -- probation ------------------------------------------------------------------------------
+
+    def record(self, model: LoadedModel, ok: bool, outputs: list[np.ndarray] | None, invoke_us: int | None) -> None:
+        """Called by workers after each request on ``model``; cheap unless it is on probation."""
+        slot = self.slots.get(model.name)
+        tracker = slot.probation if slot is not None else None
+        if tracker is None or tracker.version != model.version:
+            return
+        nonfinite = bool(outputs) and any(o.dtype.kind == "f" and not np.isfinite(o).all() for o in outputs)
+        with self._lock:
+            tracker.record(ok, nonfinite, invoke_us)
+
+    def check_probation(self, now: float) -> None:
+        """Judge every version on probation (main loop tick)."""
         for slot in self.slots.values():
-            if slot.serving is not None:
-                slot.serving.close()
+            tracker = slot.probation
+            if tracker is None:
+                continue
+            with self._lock:
+                verdict, why = tracker.verdict(now)
+            if verdict == "commit":
+                slot.probation = None
+                st = self.state.get(slot.name)
+                self.state.update(slot.name, committed=tracker.version, probation=None)
+                log.info("%s/%s committed: %s", slot.name, tracker.version, why)
+                self.emit({"event": "commit", "model": slot.name, "version": tracker.version, "reason": why,
+                           "previous_committed": st.committed})
+            elif verdict == "rollback":
+                slot.probation = None  # judged once; the swap thread does the rest
+                self._ops.put(_Op("rollback", slot.name, reason=f"probation failed: {why}"))
+
+    # -- control helpers --------------------------------------------------------------------------
+
+    def pin(self, name: str | None, version: str) -> ModelSlot:
+        slot = self.slot(name)
+        layout.version_dir(self.root, slot.name, version)
+        self.state.update(slot.name, pinned=version)
+        return slot
+
+    def unpin(self, name: str | None) -> ModelSlot:
+        slot = self.slot(name)
+        self.state.update(slot.name, pinned=None)
+        return slot
+
+    def unmark(self, name: str | None, version: str) -> bool:
+        slot = self.slot(name)
+        layout.check_name("version", version)
+        slot.rejected.pop(version, None)
+        return self.state.unmark(slot.name, version)
+
+
+def _contract_text(contract: dict[str, Any]) -> str:
+    def side(ts: list[dict[str, Any]]) -> str:
+        return ",".join(f"{t['dtype']}{list(t['shape'])}" for t in ts)
+
+    return f"{side(contract['inputs'])} -> {side(contract['outputs'])}"

@@ -1,7 +1,9 @@
 """One model version loaded into a pool of interpreters.
 
 A :class:`LoadedModel` owns ``workers`` interpreters built from the same model
-bytes.  An interpreter is not thread-safe, so each call to :meth:`run` takes one
+bytes.  There is no explicit close: a version is released when the last
+reference goes (the slot moved on and in-flight requests finished), so a swap
+never has to wait for, or cut off, a request running on the old version.  An interpreter is not thread-safe, so each call to :meth:`run` takes one
 from the pool for the duration of set/invoke/get; ``invoke()`` releases the GIL,
 so ``workers`` threads really run in parallel.  Outputs are copied out before the
 interpreter goes back to the pool.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +94,7 @@ def explain_load_error(backend: Backend, model_file: Path, exc: BaseException) -
 
 
 class LoadedModel:
-    """A version ready to serve.  Build with :meth:`load`; release with :meth:`close`."""
+    """A version ready to serve.  Build with :meth:`load`; dropped when unreferenced."""
 
     def __init__(self, spec: LoadSpec, plan: delegates_mod.DelegatePlan, content: bytes,
                  interpreters: list[Any]) -> None:
@@ -113,6 +116,8 @@ class LoadedModel:
         self.pool_size = len(interpreters)
         self.preprocessing = Preprocessing.from_manifest(spec.preprocessing)
         self.labels = spec.labels
+        # Recent invoke() times: the baseline a successor's probation is compared with.
+        self.recent_invoke_us: deque[int] = deque(maxlen=512)
 
     # -- loading -------------------------------------------------------------------------
 
@@ -173,13 +178,10 @@ class LoadedModel:
             for interp in held:
                 self._pool.put(interp)
 
-    def close(self) -> None:
-        """Drop the interpreters; the memory goes once in-flight runs return theirs."""
-        while True:
-            try:
-                self._pool.get_nowait()
-            except queue.Empty:
-                break
+    def p95_invoke_us(self) -> float | None:
+        """p95 of the recent invoke() times (the probation baseline), or None before any."""
+        recent = list(self.recent_invoke_us)
+        return float(np.percentile(np.asarray(recent), 95)) if recent else None
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -242,6 +244,7 @@ class LoadedModel:
             outputs = [interp.get_tensor(spec.index) for spec in self.outputs]
         finally:
             self._pool.put(interp)
+        self.recent_invoke_us.append(int(invoke_us))
         return RunResult(outputs, int(invoke_us), cpu_s)
 
     def top_k(self, outputs: Sequence[np.ndarray], k: int) -> list[dict[str, Any]] | None:

@@ -29,9 +29,12 @@ from edged import protocol
 from edged.config import Config
 from edged.errors import ConfigError, DeadlineExceeded, EdgedError, ErrorCode, RequestError, RetryableError
 from edged.repository.manager import ModelManager
+from edged.repository.watcher import RepositoryWatcher
 from edged.runtime.backends import select_backend
 from edged.seams import Clock
 from edged.server.dispatch import Request, dispatch, error_reply
+from edged.server.metrics import Stats, prometheus_text, serve_metrics
+from edged.server.notify import Notifier, WatchdogGate
 from edged.server.scheduler import Scheduler
 from edged.states import DaemonState
 
@@ -60,7 +63,7 @@ class _Timer:
 
 class Daemon:
     def __init__(self, config: Config, *, clock: Clock | None = None, config_path: str | None = None,
-                 overrides: dict[str, Any] | None = None) -> None:
+                 overrides: dict[str, Any] | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.overrides = overrides or {}
@@ -76,8 +79,14 @@ class Daemon:
         self._stop_reason = ""
         self._drain_deadline: float | None = None
         self._ipc_files: list[Path] = []
-        self._counters: dict[tuple[str, str], dict[str, Any]] = {}
-        self._counters_lock = threading.Lock()
+        self.notifier = notifier or Notifier.from_env()
+        self.metrics_server: Any = None
+        self._events: deque[dict[str, Any]] = deque()
+        self._local = threading.local()
+        self._thread_sockets: list[zmq.Socket] = []
+        self.watcher: RepositoryWatcher | None = None
+        self.watchdog_gate: WatchdogGate | None = None
+        self.events_sock: zmq.Socket | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -88,29 +97,49 @@ class Daemon:
         self.backend = select_backend(cfg.runtime.backend)
         log.info("edged %s starting: runtime %s, delegate %s, %d workers, config %s", edged.__version__,
                  self.backend.describe(), cfg.runtime.delegate, cfg.server.workers, cfg.source)
-        self.models = ModelManager(cfg, self.backend)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.models = ModelManager(cfg, self.backend, clock=self.clock, emit=self.publish)
         self.models.start()
         self.scheduler = Scheduler(cfg.server.queue_size)
+        self.stats = Stats(queue_depth=self.scheduler.depth)
         self.ctx = zmq.Context()
+        self.events_sock = None
+        if cfg.events_endpoint:
+            self.events_sock = self._bind("events", cfg.events_endpoint, cfg.server.predict_socket_mode, zmq.PUB)
         self.predict_sock = self._bind("predict", cfg.endpoint, cfg.server.predict_socket_mode)
         self.control_sock = self._bind("control", cfg.control_endpoint, cfg.server.control_socket_mode)
         self.replies = self.ctx.socket(zmq.PULL)
         self.replies.bind(REPLIES_ENDPOINT)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self.watcher = None
+        if cfg.repository.watch:
+            self.watcher = RepositoryWatcher(self.models.root, self.clock, self.wake)
+            self.watcher.start()
+        self.models.scan()
+        self.add_timer("probation", cfg.server.tick_s, self.models.check_probation)
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            self.watchdog_gate = WatchdogGate(self.clock, interval, self.longest_invoke, cfg.server.stuck_invoke_s,
+                                              last_tick=lambda: self.last_loop, max_loop_age_s=max(interval, 2 * cfg.server.tick_s))
+            self.add_timer("watchdog", interval, lambda now: self.watchdog_gate.maybe_ping(self.notifier, now))
+        if cfg.server.metrics_endpoint:
+            host, _, port = cfg.server.metrics_endpoint.rpartition(":")
+            self.metrics_server = serve_metrics(host.strip("[]") or "127.0.0.1", int(port),
+                                                lambda: prometheus_text(self.stats_snapshot()))
         for i in range(cfg.server.workers):
             self.busy_since[i] = None
             t = threading.Thread(target=self._worker, args=(i,), name=f"edged-worker-{i}", daemon=True)
             t.start()
             self._workers.append(t)
         self.state = DaemonState.RUNNING
+        self.notifier.ready(self.status_line())
         log.info("ready in %.0f ms: predict %s, control %s, models %s, profile %s",
                  (time.monotonic() - t0) * 1000, cfg.endpoint, cfg.control_endpoint,
                  ", ".join(f"{m['model']}/{m['version']}" for m in self.models.describe()) or "none", self.profile)
 
-    def _bind(self, name: str, endpoint: str, mode: int) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.ROUTER)
+    def _bind(self, name: str, endpoint: str, mode: int, kind: int = zmq.ROUTER) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 1000)
         # Hard ceiling per frame: past it ZeroMQ drops the peer.  Messages between
         # max_message_bytes and this get a TOO_LARGE reply instead.
@@ -120,7 +149,7 @@ class Daemon:
             path = Path(endpoint[len("ipc://"):])
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             if path.exists():
-                if _ipc_alive(self.ctx, endpoint):
+                if kind == zmq.ROUTER and _ipc_alive(self.ctx, endpoint):
                     sock.close(0)
                     raise EdgedError(f"another edged is already serving on {endpoint}", code=ErrorCode.INVALID_STATE)
                 path.unlink()  # stale socket of a daemon that died
@@ -168,6 +197,7 @@ class Daemon:
         self._stop_reason = reason
         self.state = DaemonState.DRAINING
         self._drain_deadline = self.clock.monotonic() + self.config.server.grace_period_s
+        self.notifier.stopping(f"draining: {reason}")
         log.info("stopping (%s): draining %d queued/in-flight requests, grace %.1fs", reason,
                  self.scheduler.depth() + self.scheduler.active, self.config.server.grace_period_s)
 
@@ -184,6 +214,17 @@ class Daemon:
             timeout = tick
             for t in self._timers:
                 timeout = min(timeout, max(0.0, t.due - now))
+            if self.watcher is not None:
+                due = self.watcher.due(now)
+                if due == 0.0:
+                    self.models.scan()
+                elif due is not None:
+                    timeout = min(timeout, due)
+            if self.models.rescan_at is not None:
+                if now >= self.models.rescan_at:
+                    self.models.scan()
+                if self.models.rescan_at is not None:
+                    timeout = min(timeout, max(0.0, self.models.rescan_at - now))
             if self.state is DaemonState.DRAINING:
                 if self.scheduler.idle():
                     break
@@ -211,6 +252,7 @@ class Daemon:
                     self.request_stop(cmd.split(":", 1)[1])
             if self.replies in events:
                 self._forward_replies()
+            self._send_events()
             for endpoint, sock in (("control", self.control_sock), ("predict", self.predict_sock)):
                 if sock in events:
                     self._read(endpoint, sock)
@@ -225,12 +267,21 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Stop workers, flush replies, close sockets and remove ipc files."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.scheduler.close()
+        self.models.close()
         for t in self._workers:
             t.join(timeout=max(0.1, self.config.server.grace_period_s))
+        for push in self._thread_sockets:
+            push.close(linger=0)
         self._forward_replies()
-        for sock in (self.predict_sock, self.control_sock, self.replies):
-            sock.close(linger=500)
+        self._send_events()
+        for sock in (self.predict_sock, self.control_sock, self.replies, self.events_sock):
+            if sock is not None:
+                sock.close(linger=500)
         self.ctx.term()
         for path in self._ipc_files:
             try:
@@ -239,7 +290,6 @@ class Daemon:
                 pass
         self._wake_r.close()
         self._wake_w.close()
-        self.models.close()
         self.state = DaemonState.STOPPED
         log.info("stopped")
 
@@ -321,6 +371,70 @@ class Daemon:
         push.send_multipart([_ROUTE[req.endpoint], str(len(req.envelope)).encode(), *req.envelope,
                              protocol.dumps(header), *arrays], copy=False)
 
+    def post_threadsafe(self, req: Request, header: dict[str, Any]) -> None:
+        """Reply from any non-main thread (swap results): a PUSH socket per thread."""
+        push = getattr(self._local, "push", None)
+        if push is None:
+            push = self._local.push = self.ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 1000)
+            push.connect(REPLIES_ENDPOINT)
+            self._thread_sockets.append(push)
+        self.post(push, req, header)
+
+    def wake(self) -> None:
+        """Make the main loop turn now (from any thread or a signal handler)."""
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already pending, or shutting down
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Queue an event for subscribers of the events socket (any thread)."""
+        event.setdefault("ts", round(self.clock.time(), 3))
+        kind = event.get("event")
+        if kind == "swap":
+            self.stats.swapped(event["model"], event["version"])
+        elif kind == "rollback" and event.get("from"):
+            self.stats.rolled_back(event["model"], event["from"])
+        self._events.append(event)
+        self.wake()
+
+    def _send_events(self) -> None:
+        if self._events and self.state is not DaemonState.STOPPED:
+            self.notifier.status(self.status_line())
+        while self._events:
+            event = self._events.popleft()
+            if self.events_sock is not None:
+                topic = f"{'power' if event.get('event') == 'profile' else 'model'}".encode()
+                self.events_sock.send_multipart([topic, protocol.dumps(event)])
+
+    def run_repository_op(self, req: Request, kind: str, **kw: Any) -> None:
+        """Queue a swap/rollback/pin on the swap thread; the reply is posted when it finishes."""
+
+        def done(result: dict[str, Any] | None, error: BaseException | None) -> None:
+            if error is not None:
+                self.post_threadsafe(req, error_reply(req.id, req.op, error))
+            else:
+                self.post_threadsafe(req, dict(result or {"changed": False}))
+
+        model = req.header.get("model")
+        if kind == "pin":
+            slot = self.models.pin(model, kw["version"])
+            serving = slot.serving.version if slot.serving else None
+
+            def pinned(result: dict[str, Any] | None, error: BaseException | None) -> None:
+                if error is not None:
+                    self.models.unpin(slot.name)
+                done({"model": slot.name, "pinned": kw["version"], **(result or {})}, error)
+
+            if serving == kw["version"]:
+                self.reply(req, {"model": slot.name, "pinned": kw["version"], "version": serving})
+                return
+            self.models.request("swap", slot.name, kw["version"], reason="pin", done=pinned)
+            return
+        self.models.request(kind, model, kw.get("version"), force=kw.get("force", False),
+                            reason=kw.get("reason", "manual"), done=done)
+
     # -- predict -----------------------------------------------------------------------------
 
     def submit_predict(self, req: Request) -> None:
@@ -342,7 +456,13 @@ class Daemon:
                     header, arrays = self._process(worker_id, job)
                 except Exception as exc:
                     header, arrays = error_reply(job.req.id, job.req.op, exc), []
-                    self._count(job.model, error=header["error"]["code"])
+                    code = header["error"]["code"]
+                    if code == ErrorCode.DEADLINE_EXCEEDED.value:
+                        self.stats.shed(job.model.name, job.model.version)
+                    else:
+                        self.stats.observe(job.model.name, job.model.version, error=code)
+                    if not isinstance(exc, (RequestError, RetryableError)):
+                        self.models.record(job.model, False, None, None)  # the model failed, not the request
                 finally:
                     self.busy_since[worker_id] = None
                     self.scheduler.done()
@@ -372,6 +492,7 @@ class Daemon:
         self.busy_since[worker_id] = self.clock.monotonic()
         result = model.run(ordered)
         self.busy_since[worker_id] = None
+        self.models.record(model, True, result.outputs, result.invoke_us)
         outputs = [protocol.as_wire_array(o) for o in result.outputs]
         header: dict[str, Any] = {
             "model": model.name, "version": model.version, "delegate": model.delegate,
@@ -383,35 +504,23 @@ class Daemon:
         done = self.clock.monotonic()
         header["timing"] = {"queue_us": int((start - req.received) * 1e6), "invoke_us": result.invoke_us,
                             "total_us": int((done - req.received) * 1e6)}
-        self._count(model, latency_us=header["timing"]["total_us"], cpu_s=result.cpu_s)
+        self.stats.observe(model.name, model.version, latency_us=header["timing"]["total_us"], cpu_s=result.cpu_s)
         return header, outputs
-
-    def _count(self, model: Any, *, error: str | None = None, latency_us: int | None = None, cpu_s: float = 0.0) -> None:
-        key = (model.name, model.version)
-        with self._counters_lock:
-            c = self._counters.setdefault(key, {"requests": 0, "errors": {}, "latency_us": deque(maxlen=2048),
-                                                "cpu_seconds": 0.0})
-            c["requests"] += 1
-            if error is not None:
-                c["errors"][error] = c["errors"].get(error, 0) + 1
-            if latency_us is not None:
-                c["latency_us"].append(latency_us)
-            c["cpu_seconds"] += cpu_s
 
     # -- queries -----------------------------------------------------------------------------
 
     def stats_snapshot(self) -> dict[str, Any]:
-        import numpy as np
+        return self.stats.snapshot()
 
-        out: dict[str, Any] = {"queue_depth": self.scheduler.depth(), "models": []}
-        with self._counters_lock:
-            for (name, version), c in sorted(self._counters.items()):
-                lat = np.asarray(c["latency_us"], dtype=np.float64)
-                pct = {f"p{p}": float(np.percentile(lat, p)) if lat.size else None for p in (50, 95, 99)}
-                out["models"].append({"model": name, "version": version, "requests": c["requests"],
-                                      "errors": dict(c["errors"]), "latency_us": pct,
-                                      "cpu_seconds": round(c["cpu_seconds"], 6)})
-        return out
+    def longest_invoke(self) -> float:
+        now = self.clock.monotonic()
+        return max((now - since for since in list(self.busy_since.values()) if since is not None), default=0.0)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: models, versions, profile."""
+        models = ", ".join(f"{m['model']}/{m.get('version') or '-'}" + ("(probation)" if m.get("probation") else "")
+                           for m in self.models.describe()) or "no models"
+        return f"{self.state.value}: {models}; profile {self.profile}"
 
     def stuck_workers(self, now: float | None = None) -> list[int]:
         now = self.clock.monotonic() if now is None else now
@@ -454,6 +563,7 @@ class Daemon:
         """
         previous = self.state
         self.state = DaemonState.RELOADING
+        self.notifier.reloading("reloading config")
         try:
             try:
                 new = config_mod.load(self.config_path, self.overrides)
@@ -472,10 +582,12 @@ class Daemon:
             self.config.power = new.power
             self.config.server.grace_period_s = new.server.grace_period_s
             self.config.server.queue_size = self.scheduler.queue_size = new.server.queue_size
-            log.info("reloaded config from %s", new.source)
+            self.models.scan()
+            log.info("reloaded config from %s; repository rescanned", new.source)
             return {"reloaded": True, "restart_needed": restart_needed}
         finally:
             self.state = previous if previous is not DaemonState.RELOADING else DaemonState.RUNNING
+            self.notifier.ready(self.status_line())
 
 
 def _ipc_alive(ctx: zmq.Context, endpoint: str) -> bool:

@@ -1,0 +1,1 @@
+"""The model repository: on-disk layout, manifests, validation, swap/probation/rollback."""

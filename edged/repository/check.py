@@ -1,0 +1,202 @@
+"""Validate a candidate version in an isolated child process, with a time limit.
+
+A model can crash the runtime (a segfault in a kernel, a missing custom op that
+aborts, an allocation that never returns).  So the daemon never tries a new
+version in its own process first: :func:`validate_in_child` runs
+``python -m edged.repository.check DIR`` which loads the model, allocates, runs
+the golden samples from the manifest (or generated inputs when there are none),
+checks that every output is finite and within tolerance, and prints one JSON
+line.  A crash, a hang past the time limit, or a bad answer rejects the version
+with a reason; the serving version is never touched.
+
+The same checks back ``edged validate DIR`` (offline, in-process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged.errors import EdgedError, ErrorCode, ModelError
+from edged.repository import layout
+
+
+def static_checks(path: Path) -> dict[str, Any] | None:
+    """Manifest and file checks that need no runtime; returns the manifest dict (or None).
+
+    Raises :class:`ModelError` (``VALIDATION_FAILED``) naming the problem: bad
+    manifest, missing/truncated file, sha256 mismatch, name/version mismatch.
+    """
+    from edged.repository.manifest import ManifestError, load_manifest, verify_files
+
+    if not (path / layout.MODEL_FILE).is_file():
+        raise ModelError(f"{path}: no {layout.MODEL_FILE}", code=ErrorCode.VALIDATION_FAILED)
+    try:
+        manifest = load_manifest(path)
+    except FileNotFoundError:
+        return None
+    except (ManifestError, ValueError) as exc:
+        raise ModelError(f"{path}: bad manifest: {exc}", code=ErrorCode.VALIDATION_FAILED) from None
+    problems = verify_files(path, manifest)
+    if problems:
+        raise ModelError(f"{path}: " + "; ".join(problems), code=ErrorCode.VALIDATION_FAILED)
+    data = manifest.to_dict()
+    if data.get("version") and data["version"] != path.name:
+        raise ModelError(f"{path}: manifest says version {data['version']!r}, directory is {path.name!r}",
+                         code=ErrorCode.VALIDATION_FAILED)
+    if data.get("name") and data["name"] != path.parent.name:
+        raise ModelError(f"{path}: manifest says model {data['name']!r}, directory is {path.parent.name!r}",
+                         code=ErrorCode.VALIDATION_FAILED)
+    return data
+
+
+def check_min_runtime(manifest: dict[str, Any] | None, backend_name: str, backend_version: str) -> None:
+    """Refuse a version whose manifest needs a newer runtime than the one loaded.
+
+    ``min_runtime`` is ``{"litert": "2.0", "tflite-runtime": "2.16"}``; a backend
+    not listed is assumed fine.  Raises :class:`ModelError` with both versions.
+    """
+    need = ((manifest or {}).get("min_runtime") or {}).get(backend_name)
+    if not need or backend_version == "?":
+        return
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split(".")[:3] if p.isdigit())
+
+    if key(backend_version) < key(str(need)):
+        raise ModelError(f"needs {backend_name} >= {need}, this daemon runs {backend_name} {backend_version}; "
+                         f"upgrade the runtime or publish a version converted for it",
+                         code=ErrorCode.VALIDATION_FAILED)
+
+
+def run_checks(path: Path, runtime: str = "auto", delegate: str = "auto") -> dict[str, Any]:
+    """Load ``path`` and run its golden samples in *this* process.
+
+    Returns ``{"ok": True, "contract": ..., "samples": n, "golden": bool}``.
+    Raises :class:`ModelError` (``VALIDATION_FAILED``/``MODEL_LOAD_FAILED``).
+    """
+    from edged.runtime.backends import select_backend
+    from edged.runtime.model import LoadedModel, LoadSpec
+
+    manifest = static_checks(path)
+    backend = select_backend(runtime)
+    check_min_runtime(manifest, backend.name, backend.version)
+    model = LoadedModel.load(LoadSpec(path.parent.name, path.name, path, backend, delegate=delegate, workers=1,
+                                      preprocessing=(manifest or {}).get("preprocessing"), manifest=manifest))
+    contract = model.contract()
+    if manifest and manifest.get("contract"):
+        declared = _contract_key(manifest["contract"])
+        if declared != _contract_key(contract):
+            raise ModelError(f"manifest contract {declared} does not match the model {_contract_key(contract)}",
+                             code=ErrorCode.VALIDATION_FAILED)
+    golden = (manifest or {}).get("golden") or []
+    samples = 0
+    if golden:
+        for i, g in enumerate(golden):
+            inputs = g["input"] if isinstance(g["input"], list) else [g["input"]]
+            arrays = [np.load(path / p, allow_pickle=False) for p in inputs]
+            result = model.run(model.arrange([None] * len(arrays), arrays))
+            atol, rtol = float(g.get("atol", 1e-5)), float(g.get("rtol", 1e-5))
+            for j, (out, expected_path) in enumerate(zip(result.outputs, g["outputs"])):
+                expected = np.load(path / expected_path, allow_pickle=False)
+                _finite(out, f"golden {i} output {j}")
+                if out.shape != expected.shape or not np.allclose(out.astype(np.float64), expected.astype(np.float64),
+                                                                  atol=atol, rtol=rtol):
+                    diff = float(np.max(np.abs(out.astype(np.float64) - expected.astype(np.float64)))) \
+                        if out.shape == expected.shape else float("nan")
+                    raise ModelError(f"golden sample {i} output {j} differs from the manifest (max |diff| {diff:.3g}, "
+                                     f"atol {atol}, rtol {rtol})", code=ErrorCode.VALIDATION_FAILED)
+            samples += 1
+    else:
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            arrays = [_random_input(rng, t) for t in model.inputs]
+            result = model.run(arrays)
+            for j, out in enumerate(result.outputs):
+                _finite(out, f"generated input, output {j}")
+            samples += 1
+    return {"ok": True, "contract": contract, "samples": samples, "golden": bool(golden),
+            "runtime": backend.describe(), "delegate": model.delegate}
+
+
+def _contract_key(contract: dict[str, Any]) -> list[Any]:
+    return [[(t.get("dtype"), list(t.get("shape", []))) for t in contract.get(k, [])] for k in ("inputs", "outputs")]
+
+
+def same_contract(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Inputs/outputs have the same dtypes and shapes (names and quantization may change)."""
+    return _contract_key(a) == _contract_key(b)
+
+
+def _finite(out: np.ndarray, what: str) -> None:
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        raise ModelError(f"{what} has non-finite values (NaN/inf)", code=ErrorCode.VALIDATION_FAILED)
+
+
+def _random_input(rng: np.random.Generator, spec: Any) -> np.ndarray:
+    if spec.dtype.kind == "f":
+        return rng.random(spec.shape, dtype=np.float32).astype(spec.dtype)
+    if spec.dtype.kind in "iu":
+        info = np.iinfo(spec.dtype)
+        return rng.integers(info.min, info.max, spec.shape, dtype=spec.dtype, endpoint=True)
+    return np.zeros(spec.shape, spec.dtype)
+
+
+def validate_in_child(path: Path, *, runtime: str, delegate: str, timeout: float) -> dict[str, Any]:
+    """Run :func:`run_checks` in a fresh Python process; return its report.
+
+    Raises :class:`ModelError` (``VALIDATION_FAILED``) when the child crashes
+    (signal), hangs past ``timeout``, or reports a failure.
+    """
+    cmd = [sys.executable, "-m", "edged.repository.check", str(path), "--runtime", runtime, "--delegate", delegate]
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"validation hung: no result within {timeout:.0f}s", code=ErrorCode.VALIDATION_FAILED) from None
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    try:
+        report = json.loads(last) if last else None
+    except ValueError:
+        report = None
+    if proc.returncode < 0:
+        raise ModelError(f"validation crashed the runtime (signal {-proc.returncode}); "
+                         f"{_tail(proc.stderr)}", code=ErrorCode.VALIDATION_FAILED)
+    if not isinstance(report, dict):
+        raise ModelError(f"validation exited {proc.returncode} without a report: {_tail(proc.stderr)}",
+                         code=ErrorCode.VALIDATION_FAILED)
+    if not report.get("ok"):
+        raise ModelError(str(report.get("error", "validation failed")), code=ErrorCode.VALIDATION_FAILED)
+    return report
+
+
+def _tail(text: str, n: int = 300) -> str:
+    text = " ".join(text.strip().split())
+    return text[-n:] if text else "no output"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m edged.repository.check")
+    p.add_argument("path")
+    p.add_argument("--runtime", default="auto")
+    p.add_argument("--delegate", default="auto")
+    args = p.parse_args(argv)
+    try:
+        report = run_checks(Path(args.path), args.runtime, args.delegate)
+    except EdgedError as exc:
+        print(json.dumps({"ok": False, "error": exc.message, "code": exc.code.value}))
+        return 1
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

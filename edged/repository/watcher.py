@@ -1,0 +1,67 @@
+"""Watch the repository with watchdog (inotify on Linux; no polling loop of ours).
+
+The observer thread only records that something changed and wakes the main
+loop; the loop waits until events have been quiet for ``debounce_s`` before it
+rescans, so copying a version in (dozens of events) costs one scan.  Events in
+the state directory (``.edged/``) are ignored: the daemon writes there itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from edged.seams import Clock
+
+log = logging.getLogger("edged.repository")
+
+
+class RepositoryWatcher(FileSystemEventHandler):
+    def __init__(self, root: Path, clock: Clock, wake: Callable[[], None], debounce_s: float = 0.2) -> None:
+        super().__init__()
+        self.root = root
+        self.clock = clock
+        self.wake = wake
+        self.debounce_s = debounce_s
+        self._lock = threading.Lock()
+        self._last_event: float | None = None
+        self._observer: Observer | None = None
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        observer = Observer()
+        observer.schedule(self, str(self.root), recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        log.info("watching %s for new versions", self.root)
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = str(event.src_path)
+        if "/.edged" in path or path.endswith("/current") or "/.current." in path:
+            return  # our own writes (state file, current link)
+        with self._lock:
+            self._last_event = self.clock.monotonic()
+        self.wake()
+
+    def due(self, now: float) -> float | None:
+        """None when nothing is pending; 0 when a scan is due now; else seconds to wait."""
+        with self._lock:
+            if self._last_event is None:
+                return None
+            remaining = self._last_event + self.debounce_s - now
+            if remaining <= 0:
+                self._last_event = None
+                return 0.0
+            return remaining

@@ -1,0 +1,29 @@
+"""pin – hold a model on a version; auto-activation leaves it alone (control endpoint).
+
+Request: ``{"op": "pin", "version": "v2", "model"?: NAME}``.  Swaps to the
+version first if it is not serving (validated like any swap).  Reply:
+``{"model", "pinned", "version"}``.
+
+CLI: ``edged ctl pin v2 [--model N]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edged.errors import RequestError
+from edged.server.commands._checks import no_frames, optional_str
+
+NAME = "pin"
+ENDPOINTS = frozenset({"control"})
+
+
+def validate(header: dict[str, Any], frames: list[Any]) -> None:
+    optional_str(header, "model")
+    if not isinstance(header.get("version"), str):
+        raise RequestError("'version' is required")
+    no_frames(frames)
+
+
+def execute(daemon: Any, req: Any) -> None:
+    daemon.run_repository_op(req, "pin", version=req.header["version"])

@@ -1,0 +1,33 @@
+"""swap – validate a version and make it serve (control endpoint).
+
+Request: ``{"op": "swap", "version": "v3", "model"?: NAME, "force"?: bool}``.
+The reply comes when the swap is done: ``{"model", "version", "previous",
+"changed", "validate_ms", ...}``, or ``VALIDATION_FAILED`` / ``CONTRACT_CHANGED``
+(``force`` accepts a changed contract) / ``INVALID_STATE`` (marked bad) /
+``UNKNOWN_VERSION``.  The swapped-in version starts its probation.
+
+CLI: ``edged ctl swap v3 [--model N] [--force]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edged.errors import RequestError
+from edged.server.commands._checks import no_frames, optional_str
+
+NAME = "swap"
+ENDPOINTS = frozenset({"control"})
+
+
+def validate(header: dict[str, Any], frames: list[Any]) -> None:
+    optional_str(header, "model")
+    if not isinstance(header.get("version"), str):
+        raise RequestError("'version' is required (e.g. \"v3\")")
+    if not isinstance(header.get("force", False), bool):
+        raise RequestError("'force' must be true or false")
+    no_frames(frames)
+
+
+def execute(daemon: Any, req: Any) -> None:
+    daemon.run_repository_op(req, "swap", version=req.header["version"], force=req.header.get("force", False))

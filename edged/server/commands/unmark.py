@@ -1,0 +1,31 @@
+"""unmark – clear a version's "bad" mark (and a rejection) so it may be activated again.
+
+Request: ``{"op": "unmark", "version": "v3", "model"?: NAME}``.  Reply:
+``{"model", "version", "was_bad": bool}``; the repository is rescanned.
+
+CLI: ``edged ctl unmark v3 [--model N]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edged.errors import RequestError
+from edged.server.commands._checks import no_frames, optional_str
+
+NAME = "unmark"
+ENDPOINTS = frozenset({"control"})
+
+
+def validate(header: dict[str, Any], frames: list[Any]) -> None:
+    optional_str(header, "model")
+    if not isinstance(header.get("version"), str):
+        raise RequestError("'version' is required")
+    no_frames(frames)
+
+
+def execute(daemon: Any, req: Any) -> dict[str, Any]:
+    model = req.header.get("model")
+    was_bad = daemon.models.unmark(model, req.header["version"])
+    daemon.models.scan()
+    return {"model": daemon.models.slot(model).name, "version": req.header["version"], "was_bad": was_bad}

@@ -196,6 +196,29 @@ def _versions_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from edged.repository.pack import pack
+
+    prep = json.loads(args.preprocessing) if args.preprocessing else None
+    target = pack(Path(args.model), name=args.name, version=args.version, repo=Path(args.repo),
+                  labels=Path(args.labels) if args.labels else None,
+                  golden_inputs=[Path(p) for p in args.golden_input],
+                  lite=Path(args.lite) if args.lite else None, edgetpu=Path(args.edgetpu) if args.edgetpu else None,
+                  preprocessing=prep, notes=args.notes, runtime=args.runtime,
+                  created_by={"command": "edged pack " + " ".join(sys.argv[2:])})
+    _print(args, {"path": str(target)}, lambda d: f"published {d['path']}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from edged.repository.check import run_checks
+
+    report = run_checks(Path(args.path), args.runtime)
+    _print(args, report, lambda d: f"ok: {args.path} ({d['samples']} {'golden' if d['golden'] else 'generated'} "
+                                   f"sample(s), {d['runtime']}, delegate {d['delegate']})")
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +259,27 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(s)
     s.add_argument("--model", default=None)
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("pack", help="build a complete version directory (hashes, contract, golden outputs)")
+    s.add_argument("model", help="the .tflite file")
+    s.add_argument("--name", required=True)
+    s.add_argument("--version", required=True, help="v<N> or <N>")
+    s.add_argument("--repo", default=os.environ.get("EDGED_MODELS", "models"))
+    s.add_argument("--labels", default=None)
+    s.add_argument("--golden-input", action="append", default=[], help=".npy input; repeat for more samples")
+    s.add_argument("--lite", default=None, help="power-saving variant, packed as model_lite.tflite")
+    s.add_argument("--edgetpu", default=None, help="Edge TPU compiled variant, packed as model_edgetpu.tflite")
+    s.add_argument("--preprocessing", default=None, help='JSON, e.g. \'{"color": "RGB", "mean": [127.5], "std": [127.5]}\'')
+    s.add_argument("--notes", default="")
+    s.add_argument("--runtime", default=os.environ.get("EDGED_RUNTIME", "auto"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_pack)
+
+    s = sub.add_parser("validate", help="check a version directory offline (files, manifest, golden samples)")
+    s.add_argument("path")
+    s.add_argument("--runtime", default=os.environ.get("EDGED_RUNTIME", "auto"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("health", help="exit 0 if the daemon is healthy")
     client_opts(s)

@@ -103,6 +103,9 @@ class ProbationConfig:
     max_error_rate: float = 0.05
     max_nonfinite_rate: float = 0.0
     max_p95_ratio: float = 3.0
+    #: The p95 ratio only counts when the new p95 is also this much slower in absolute
+    #: terms: sub-millisecond models jitter by several x under load.
+    min_p95_delta_ms: float = 1.0
     tries: int = 1
 
 
@@ -177,6 +180,7 @@ _POSITIVE = {
 _NON_NEGATIVE = {
     "server.grace_period_s", "runtime.num_threads", "repository.settle_s", "probation.seconds",
     "probation.requests", "probation.max_error_rate", "probation.max_nonfinite_rate", "probation.max_p95_ratio",
+    "probation.min_p95_delta_ms",
 }
 
 

@@ -84,7 +84,7 @@ class ProbationTracker:
             if self.baseline_p95_us and len(self.latencies) >= min_samples:
                 p95 = float(np.percentile(np.asarray(self.latencies), 95))
                 ratio = p95 / self.baseline_p95_us
-                if ratio > p.max_p95_ratio:
+                if ratio > p.max_p95_ratio and p95 - self.baseline_p95_us > p.min_p95_delta_ms * 1000:
                     return "rollback", (f"p95 invoke latency {p95:.0f}us is {ratio:.1f}x the previous version's "
                                         f"{self.baseline_p95_us:.0f}us (limit {p.max_p95_ratio}x)")
         if now - self.started >= p.seconds and n >= p.requests:
@@ -363,8 +363,6 @@ class ModelManager:
                 continue
             if slot.serving is not None and (policy.activation != "auto" or st.pinned):
                 continue
-            if slot.probation is not None:
-                continue  # one change at a time: finish this probation first
             if not self.updates_allowed and slot.serving is not None:
                 slot.deferred = candidate
                 log.info("%s/%s: update deferred by the power profile", name, candidate)
@@ -438,9 +436,10 @@ class ModelManager:
             raise
         validate_s = time.monotonic() - t0
         previous = slot.serving
-        # The boot counter goes to disk before the candidate enters this process.
-        self.state.update(name, probation=Probation(version, previous.version if previous else st.committed, 1,
-                                                    self.clock.time()))
+        # The boot counter goes to disk before the candidate enters this process.  A
+        # rollback always returns to the last *committed* version: a version that is
+        # superseded while still on probation was never proven good.
+        self.state.update(name, probation=Probation(version, st.committed, 1, self.clock.time()))
         try:
             new = self.load(name, version)
         except EdgedError as exc:
@@ -468,9 +467,7 @@ class ModelManager:
         bad_version = slot.serving.version if slot.serving else None
         target = version
         if target is None:
-            if slot.previous is not None:
-                target = slot.previous.version
-            elif st.probation is not None and st.probation.previous:
+            if st.probation is not None and st.probation.previous and st.probation.previous != bad_version:
                 target = st.probation.previous
             elif st.committed and st.committed != bad_version:
                 target = st.committed

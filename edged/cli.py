@@ -176,6 +176,15 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                 sys.stdout.write(prometheus_text(data))
             else:
                 _print(args, data)
+        elif args.ctl == "power":
+            fields: dict[str, Any] = {}
+            if args.auto:
+                fields["auto"] = True
+            elif args.profile:
+                fields["profile"] = args.profile
+                if args.for_:
+                    fields["for_s"] = parse_duration(args.for_)
+            _print(args, c.call("power", **fields)[0], _power_text)
         elif args.ctl == "versions":
             _print(args, c.call("versions", model=args.model)[0], _versions_text)
         else:
@@ -186,6 +195,33 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             head = {k: v for k, v in head.items() if k not in ("v", "id", "op", "ok")}
             _print(args, head, lambda d: ", ".join(f"{k}={v}" for k, v in d.items()) or "ok")
     return 0
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``2h`` → seconds; raises ValueError naming the text."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            value = float(t[:-1]) * units[t[-1]]
+        else:
+            value = float(t)
+    except ValueError:
+        raise ValueError(f"bad duration {text!r} (use e.g. 90, 90s, 10m, 2h)") from None
+    if value <= 0:
+        raise ValueError(f"duration {text!r} must be positive")
+    return value
+
+
+def _power_text(d: dict[str, Any]) -> str:
+    r = d.get("reading") or {}
+    parts = [f"{k}={r[k]}" for k in ("battery_percent", "on_ac", "temperature_c", "cpu_percent", "throttled")
+             if r.get(k) is not None]
+    override = d["policy"].get("override")
+    lines = [f"profile {d['profile']}" + (" (manual override)" if override else "") + f": {d.get('reason') or '-'}",
+             f"reading ({d['source']}): {', '.join(parts) or 'no sensors'}",
+             "limits: " + ", ".join(f"{k}={v}" for k, v in d["limits"].items() if k != "name")]
+    return "\n".join(lines)
 
 
 def _versions_text(d: dict[str, Any]) -> str:
@@ -308,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default=None)
         if name == "swap":
             sp.add_argument("--force", action="store_true", help="accept a changed input/output contract")
+    pw = ctl.add_parser("power", help="power reading and profile; override with --profile/--auto", parents=[common])
+    pw.add_argument("--profile", choices=["performance", "balanced", "powersave", "critical"], default=None)
+    pw.add_argument("--for", dest="for_", default=None, metavar="DURATION", help="override length: 90s, 10m, 2h")
+    pw.add_argument("--auto", action="store_true", help="return to the policy")
     for name, helptext in (("rollback", "go back to the previous good version"),
                            ("unpin", "let auto-activation manage the model again")):
         ctl.add_parser(name, help=helptext, parents=[common]).add_argument("--model", default=None)
@@ -327,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgedError as exc:
         print(f"edged: {exc.code.value}: {exc.message}", file=sys.stderr)
         return exc.exit_status
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:

@@ -258,7 +258,7 @@ def _validate(config: Config) -> None:
     try:
         PowerConfig.from_dict(config.power)
     except PowerConfigError as exc:
-        raise ConfigError("power", "...", str(exc)) from None
+        raise ConfigError(exc.key, exc.value, exc.reason) from None
 
 
 def check_endpoint(key: str, endpoint: str, allow_remote: bool = False) -> None:

@@ -99,9 +99,11 @@ class DaemonProcess:
     def send_signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send ``sig`` (None: it was already sent) and wait for the exit status."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if sig is not None:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

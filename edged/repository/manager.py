@@ -124,6 +124,7 @@ class ModelManager:
         self.clock = clock or Clock()
         self.root = config.models_path
         self.variant = "full"
+        self.num_threads: int | None = None  # power profile override of runtime.num_threads
         self.updates_allowed = True
         self.emit = emit or (lambda event: None)
         self.slots: dict[str, ModelSlot] = {}
@@ -142,7 +143,8 @@ class ModelManager:
         rt = self.config.runtime
         return LoadSpec(
             name=name, version=version, path=path, backend=self.backend, delegate=rt.delegate,
-            workers=self.config.server.workers, num_threads=rt.num_threads, variant=variant or self.variant,
+            workers=self.config.server.workers, num_threads=self.num_threads or rt.num_threads,
+            variant=variant or self.variant,
             edgetpu_device=rt.edgetpu_device, edgetpu_library=rt.edgetpu_library,
             preprocessing=(manifest or {}).get("preprocessing"), labels=layout.read_labels(path), manifest=manifest,
         )

@@ -27,7 +27,9 @@ import edged
 from edged import config as config_mod
 from edged import protocol
 from edged.config import Config
-from edged.errors import ConfigError, DeadlineExceeded, EdgedError, ErrorCode, RequestError, RetryableError
+from edged.errors import (
+    ConfigError, DeadlineExceeded, EdgedError, ErrorCode, RequestError, RetryableError, Throttled,
+)
 from edged.repository.manager import ModelManager
 from edged.repository.watcher import RepositoryWatcher
 from edged.runtime.backends import select_backend
@@ -35,6 +37,7 @@ from edged.seams import Clock
 from edged.server.dispatch import Request, dispatch, error_reply
 from edged.server.metrics import Stats, prometheus_text, serve_metrics
 from edged.server.notify import Notifier, WatchdogGate
+from edged.server.powerctl import PowerController
 from edged.server.scheduler import Scheduler
 from edged.states import DaemonState
 
@@ -45,13 +48,16 @@ _ROUTE = {"predict": b"p", "control": b"c"}
 
 
 class Job:
-    __slots__ = ("req", "model", "deadline", "top_k")
+    __slots__ = ("req", "model", "deadline", "top_k", "priority", "wait")
 
-    def __init__(self, req: Request, model: Any, deadline: float | None, top_k: int) -> None:
+    def __init__(self, req: Request, model: Any, deadline: float | None, top_k: int, priority: str,
+                 wait: bool) -> None:
         self.req = req
         self.model = model
         self.deadline = deadline
         self.top_k = top_k
+        self.priority = priority
+        self.wait = wait
 
 
 class _Timer:
@@ -104,6 +110,7 @@ class Daemon:
         self.models.start()
         self.scheduler = Scheduler(cfg.server.queue_size)
         self.stats = Stats(queue_depth=self.scheduler.depth)
+        self.power = PowerController(cfg.power, self.clock, self)
         self.ctx = zmq.Context()
         self.events_sock = None
         if cfg.events_endpoint:
@@ -118,6 +125,8 @@ class Daemon:
             self.watcher.start()
         self.models.scan()
         self.add_timer("probation", cfg.server.tick_s, self.models.check_probation)
+        if self.power.enabled:
+            self.add_timer("power", self.power.config.interval_s, self.power.sample)
         interval = self.notifier.watchdog_interval()
         if interval:
             self.watchdog_gate = WatchdogGate(self.clock, interval, self.longest_invoke, cfg.server.stuck_invoke_s,
@@ -440,8 +449,15 @@ class Daemon:
     def submit_predict(self, req: Request) -> None:
         h = req.header
         model = self.models.get(h.get("model"))
+        priority = h.get("priority", "normal")
+        wait = bool(h.get("wait", False))
+        self.power.admit(model, priority, wait)
         deadline = req.received + h["deadline_ms"] / 1000.0 if h.get("deadline_ms") is not None else None
-        self.scheduler.submit(Job(req, model, deadline, int(h.get("top_k", 0))), h.get("priority", "normal"))
+        try:
+            self.scheduler.submit(Job(req, model, deadline, int(h.get("top_k", 0)), priority, wait), priority)
+        except Throttled:
+            self.stats.shed(model.name, model.version)
+            raise
 
     def _worker(self, worker_id: int) -> None:
         push = self.ctx.socket(zmq.PUSH)
@@ -489,14 +505,16 @@ class Daemon:
             else:
                 arrays.append(protocol.array_from_frame(meta, frame.buffer, i))
         ordered = model.arrange(names, arrays)
-        self.busy_since[worker_id] = self.clock.monotonic()
+        self.power.pace(worker_id, job.priority, job.deadline, job.wait)
+        started = self.busy_since[worker_id] = self.clock.monotonic()
         result = model.run(ordered)
         self.busy_since[worker_id] = None
+        self.power.record(worker_id, started, result.invoke_us / 1e6)
         self.models.record(model, True, result.outputs, result.invoke_us)
         outputs = [protocol.as_wire_array(o) for o in result.outputs]
         header: dict[str, Any] = {
-            "model": model.name, "version": model.version, "delegate": model.delegate,
-            "runtime": self.backend.describe(), "profile": self.profile,
+            "model": model.name, "version": model.version, "variant": model.spec.variant,
+            "delegate": model.delegate, "runtime": self.backend.describe(), "profile": self.profile,
             "outputs": [protocol.tensor_meta(o, spec.name) for o, spec in zip(outputs, model.outputs)],
         }
         if job.top_k:
@@ -553,6 +571,7 @@ class Daemon:
             "models": self.models.describe(), "queue_depth": self.scheduler.depth(),
             "workers": {"total": len(self._workers), "busy": self.scheduler.active},
             "health": self.health()["status"],
+            "power": {"profile": self.profile, "reason": self.power.decision.reason if self.power.decision else None},
         }
 
     def reload(self) -> dict[str, Any]:
@@ -580,6 +599,10 @@ class Daemon:
             self.config.server.log_level = new.server.log_level
             self.config.repository = new.repository
             self.config.power = new.power
+            self.power.configure(new.power)
+            for t in self._timers:
+                if t.name == "power":
+                    t.interval = self.power.config.interval_s
             self.config.server.grace_period_s = new.server.grace_period_s
             self.config.server.queue_size = self.scheduler.queue_size = new.server.queue_size
             self.models.scan()

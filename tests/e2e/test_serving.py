@@ -169,7 +169,7 @@ def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(daemon, re
     while len(replies) < n and sock.poll(10_000):
         replies.append(json.loads(sock.recv_multipart()[0]))
     sock.close()
-    assert daemon.stop() == 0
+    assert daemon.stop(sig=None) == 0
     assert sorted(r["id"] for r in replies) == list(range(n)), "every request got an answer"
     outcomes = {r["ok"] or r["error"]["code"] for r in replies}
     assert outcomes <= {True, "SHUTTING_DOWN"} and True in outcomes

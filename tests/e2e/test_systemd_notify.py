@@ -75,5 +75,5 @@ def test_ready_status_watchdog_reload_and_stopping(daemon_factory, repo, fake_sy
 
     d.send_signal(signal.SIGTERM)
     fake_systemd.wait_for("STOPPING", "1")
-    assert d.stop() == 0
+    assert d.stop(sig=None) == 0
     assert "reload refused" in d.log()

@@ -10,10 +10,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from edged.server.commands import (
-    health, info, pin, predict, quit, reload, rollback, stats, status, swap, unmark, unpin, versions,
+    health, info, pin, power, predict, quit, reload, rollback, stats, status, swap, unmark, unpin, versions,
 )
 
 REGISTRY: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (predict, info, health, stats, status, reload, quit, versions, swap, rollback, pin, unpin, unmark)
+    for m in (predict, info, health, stats, status, reload, quit, versions, swap, rollback, pin, unpin, unmark,
+              power)
 }

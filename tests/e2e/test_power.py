@@ -1,0 +1,195 @@
+"""Power profiles with a real daemon and a `file` sensor source in a temp dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edged.errors import DeadlineExceeded, Throttled
+from edged.testing import tflite_build as tb
+from tests.e2e.repohelpers import publish, versions, wait_until
+from tests.e2e.test_repository import DARK, local
+
+pytestmark = [pytest.mark.e2e]
+
+SAMPLE_S = 0.2
+
+
+def power_config(tmp_path: Path, sensor: Path, extra: str = "") -> Path:
+    p = tmp_path / "edged.toml"
+    p.write_text(f"""
+[repository]
+settle_s = 0.2
+[repository.probation]
+seconds = 3600
+requests = 1000000
+[power]
+source = "file"
+file = "{sensor}"
+interval_s = {SAMPLE_S}
+min_dwell_s = 0
+{extra}
+""")
+    return p
+
+
+def write_sensor(path: Path, **reading) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(reading))
+    tmp.replace(path)  # atomic, as a UPS driver should write it
+
+
+def power(d) -> dict:
+    r = d.cli("ctl", "power", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture
+def lite_repo(tmp_path: Path) -> Path:
+    """m/v1 with a lite variant of the same contract (a different model, so answers differ)."""
+    repo = tmp_path / "repo"
+    full = tmp_path / "full.tflite"
+    full.write_bytes(tb.random_classifier(seed=1, hidden=(32,)))
+    lite = tmp_path / "lite.tflite"
+    lite.write_bytes(tb.random_classifier(seed=11))
+    from edged.repository.pack import pack
+
+    pack(full, name="m", version="v1", repo=repo, lite=lite)
+    return repo
+
+
+def test_battery_file_moves_the_profile_and_lite_variant_follows(daemon_factory, lite_repo, tmp_path):
+    sensor = tmp_path / "ups.json"
+    write_sensor(sensor, battery_percent=90, on_ac=True)
+    d = daemon_factory(lite_repo, "--config", str(power_config(tmp_path, sensor)))
+    assert power(d)["profile"] == "performance"
+    full_out = local(lite_repo, "v1").run([DARK]).outputs[0].tobytes()
+    with d.client() as c:
+        r = c.predict(DARK)
+        assert (r.profile, r.header["variant"]) == ("performance", "full")
+        assert r.outputs[0].tobytes() == full_out
+
+        write_sensor(sensor, battery_percent=20, on_ac=False)
+        # Two sampling periods, generously bounded for a loaded CI box.
+        wait_until(lambda: power(d)["profile"] == "powersave", "powersave", timeout=30, daemon=d)
+        status = power(d)
+        assert "battery_percent" in status["reason"] and status["reading"]["battery_percent"] == 20
+        wait_until(lambda: c.predict(DARK, retry_throttled=20).header["variant"] == "lite", "lite variant", daemon=d)
+        r = c.predict(DARK, retry_throttled=20)
+        assert r.profile == "powersave"
+        assert r.outputs[0].tobytes() != full_out  # the lite model computed it
+
+        write_sensor(sensor, battery_percent=95, on_ac=True)
+        wait_until(lambda: power(d)["profile"] == "performance", "performance again", timeout=30, daemon=d)
+        wait_until(lambda: c.predict(DARK).header["variant"] == "full", "full variant", daemon=d)
+        assert c.predict(DARK).outputs[0].tobytes() == full_out
+
+
+def test_overload_in_powersave_throttles_normal_but_serves_high(daemon_factory, lite_repo, tmp_path):
+    sensor = tmp_path / "ups.json"
+    write_sensor(sensor, battery_percent=20, on_ac=False)
+    d = daemon_factory(lite_repo, "--config", str(power_config(tmp_path, sensor)))
+    assert power(d)["profile"] == "powersave"
+    throttled, ok = [], 0
+    with d.client() as c:
+        for _ in range(60):
+            try:
+                c.predict(DARK)
+                ok += 1
+            except Throttled as exc:
+                throttled.append(exc.retry_after_ms)
+        for _ in range(10):  # high priority is served even now
+            assert c.predict(DARK, priority="high").profile == "powersave"
+        with pytest.raises(Throttled) as info:
+            c.predict(DARK, priority="low")  # below powersave's min_priority: shed
+        assert info.value.retry_after_ms > 0
+    assert throttled and ok >= 1
+    # max_rps is 10/s in powersave: a refused request should retry within ~100 ms, never 0 or minutes.
+    assert all(1 <= ms <= 1000 for ms in throttled), throttled
+    stats = json.loads(d.cli("ctl", "stats", "--json").stdout)
+    m = stats["models"][0]
+    assert m["throttled"] >= len(throttled) and m["shed"] >= 1
+
+
+def test_queued_request_waits_instead_of_failing_when_allowed(daemon_factory, lite_repo, tmp_path):
+    sensor = tmp_path / "ups.json"
+    write_sensor(sensor, battery_percent=20, on_ac=False)
+    d = daemon_factory(lite_repo, "--config", str(power_config(tmp_path, sensor)))
+    with d.client() as c:
+        for _ in range(30):  # over the 10/s budget, but every one is answered
+            head, frames = c.call("predict", [DARK], inputs=[{"dtype": "float32", "shape": [1, 8, 8, 1]}], wait=True)
+            assert head["ok"] and len(frames) == 1
+
+
+def test_expired_deadlines_are_not_computed(daemon_factory, tmp_path):
+    import zmq
+
+    repo = tmp_path / "repo"
+    publish(repo, "v1", tb.slow_model(), tmp=tmp_path)
+    d = daemon_factory(repo, "--workers", "1")
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(d.endpoint)
+    header = {"v": 1, "op": "predict", "inputs": [{"dtype": "float32", "shape": [1, 8, 8, 1]}]}
+    # 20 slow jobs (~30 ms each) ahead of one with a 1 ms budget on the single worker:
+    # by the time the worker reaches it, its deadline is long gone.
+    for i in range(20):
+        sock.send_multipart([json.dumps({**header, "id": i}).encode(), DARK.tobytes()])
+    sock.send_multipart([json.dumps({**header, "id": "late", "deadline_ms": 1}).encode(), DARK.tobytes()])
+    replies = {}
+    while len(replies) < 21 and sock.poll(60_000):
+        head = json.loads(sock.recv_multipart()[0])
+        replies[head["id"]] = head
+    sock.close()
+    assert replies["late"]["ok"] is False and replies["late"]["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert all(replies[i]["ok"] for i in range(20))
+    with d.control() as ctl:
+        m = ctl.stats()["stats"]["models"][0]
+    assert m["shed"] == 1
+    assert m["requests"] == 20, "the late request was not computed"
+
+
+def test_ctl_power_override_for_a_while_and_auto(daemon_factory, lite_repo, tmp_path):
+    sensor = tmp_path / "ups.json"
+    write_sensor(sensor, battery_percent=90, on_ac=True)
+    d = daemon_factory(lite_repo, "--config", str(power_config(tmp_path, sensor)))
+    r = d.cli("ctl", "power", "--profile", "critical", "--for", "10m", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["profile"] == "critical" and out["policy"]["override"]["profile"] == "critical"
+    with d.client() as c:
+        assert c.predict(DARK, priority="high").profile == "critical"
+    r = d.cli("ctl", "power", "--auto", "--json")
+    assert json.loads(r.stdout)["profile"] == "performance"
+    r = d.cli("ctl", "power")
+    assert r.returncode == 0 and r.stdout.startswith("profile performance")
+    assert d.cli("ctl", "power", "--profile", "turbo").returncode == 2  # argparse: not a profile
+
+
+def test_updates_are_deferred_while_the_profile_forbids_them(daemon_factory, lite_repo, tmp_path):
+    sensor = tmp_path / "ups.json"
+    write_sensor(sensor, battery_percent=5, on_ac=False)
+    d = daemon_factory(lite_repo, "--config", str(power_config(tmp_path, sensor)))
+    assert power(d)["profile"] == "critical"
+    publish(lite_repo, "v2", tb.random_classifier(seed=2, hidden=(32,)), tmp=tmp_path)
+    wait_until(lambda: any(v["version"] == "v2" and "deferred" in v["reason"] for v in versions(d)["versions"]),
+               "v2 deferred", daemon=d)
+    with d.client() as c:
+        assert c.predict(DARK, priority="high").version == "v1"
+        write_sensor(sensor, battery_percent=95, on_ac=True)
+        wait_until(lambda: c.predict(DARK, priority="high").version == "v2", "v2 after the profile allows it",
+                   daemon=d)
+
+
+def test_throttled_is_typed_and_retry_is_opt_in(daemon_factory, lite_repo, tmp_path):
+    sensor = tmp_path / "ups.json"
+    write_sensor(sensor, battery_percent=5, on_ac=False)  # critical: 2 rps
+    d = daemon_factory(lite_repo, "--config", str(power_config(tmp_path, sensor)))
+    with d.client() as c:
+        results = [c.predict(DARK, retry_throttled=50) for _ in range(4)]
+    assert all(r.version == "v1" for r in results)
+    assert np.isfinite(results[-1].outputs[0]).all()

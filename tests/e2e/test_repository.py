@@ -252,6 +252,10 @@ def test_kill_9_during_probation_falls_back_to_committed(daemon_factory, mrepo, 
 
 def test_kill_9_at_many_points_of_a_swap_always_restarts_on_a_valid_version(daemon_factory, mrepo, tmp_path):
     cfg = config(tmp_path)
+    # The restarted daemon must not move on its own (auto-activation of a version that
+    # was published but never tried), so what it serves is exactly what recovery chose.
+    frozen = tmp_path / "frozen.toml"
+    frozen.write_text(cfg.read_text() + '[repository.models.m]\nactivation = "manual"\n')
     rng = random.Random(1234)
     expected = {"v1": local(mrepo, "v1").run([DARK]).outputs[0].tobytes()}
     for i in range(iterations(50)):
@@ -268,7 +272,7 @@ def test_kill_9_at_many_points_of_a_swap_always_restarts_on_a_valid_version(daem
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait(30)
         d.kill()
-        d2 = daemon_factory(mrepo, "--config", str(cfg))
+        d2 = daemon_factory(mrepo, "--config", str(frozen))
         with d2.client() as c:
             r = c.predict(DARK)
         assert r.outputs[0].tobytes() == expected[r.version], f"iteration {i}: wrong answer for {r.version}"

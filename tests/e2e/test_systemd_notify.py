@@ -77,3 +77,59 @@ def test_ready_status_watchdog_reload_and_stopping(daemon_factory, repo, fake_sy
     fake_systemd.wait_for("STOPPING", "1")
     assert d.stop(sig=None) == 0
     assert "reload refused" in d.log()
+
+
+def drain(fs: FakeSystemd) -> list[dict[str, str]]:
+    out = []
+    fs.sock.setblocking(False)
+    try:
+        while True:
+            data = fs.sock.recv(65536).decode()
+            out.append(dict(line.split("=", 1) for line in data.split("\n") if "=" in line))
+            fs.seen.append(out[-1])
+    except BlockingIOError:
+        pass
+    finally:
+        fs.sock.setblocking(True)
+    return out
+
+
+def test_watchdog_pings_stop_while_a_worker_is_stuck(daemon_factory, fake_systemd, tmp_path):
+    import numpy as np
+
+    from edged.testing import tflite_build as tb
+    from tests.e2e.repohelpers import publish, wait_until
+
+    repo = tmp_path / "repo"
+    publish(repo, "v1", tb.slow_model(size=256, depth=128), tmp=tmp_path, golden=False)  # ~2 s per invoke
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text("[server]\nworkers = 1\nstuck_invoke_s = 0.2\n")
+    d = daemon_factory(repo, "--config", str(cfg), env={"NOTIFY_SOCKET": str(fake_systemd.path),
+                                                        "WATCHDOG_USEC": "200000"})
+    fake_systemd.wait_for("WATCHDOG", "1", timeout=10)
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    import threading
+
+    with d.client(timeout=120) as busy, d.control() as ctl:
+        t = threading.Thread(target=lambda: [busy.predict(x) for _ in range(3)])
+        t.start()
+        try:
+            wait_until(lambda: ctl.health()["stuck_workers"], "a stuck worker", daemon=d)
+            drain(fake_systemd)  # anything sent before we saw it stuck
+            health = ctl.health()
+            between = drain(fake_systemd)
+            still = ctl.health()
+            assert health["status"] == "unhealthy" and "stuck" in health["problems"][0]
+            if still["stuck_workers"]:  # the whole window was stuck: not one ping in it
+                assert not [m for m in between if m.get("WATCHDOG") == "1"], between
+            for _ in range(200):  # the gate says why on the STATUS line when it starts withholding
+                if any(m.get("STATUS", "").startswith("unhealthy") for m in fake_systemd.seen):
+                    break
+                fake_systemd.next(timeout=10)
+            else:
+                raise AssertionError(fake_systemd.seen)
+        finally:
+            t.join(120)
+    # Healthy again: pings resume.
+    fake_systemd.wait_for("WATCHDOG", "1", timeout=10)
+    assert "withholding systemd watchdog ping" in d.log()

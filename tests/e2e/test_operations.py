@@ -1,0 +1,93 @@
+"""Operator-facing behaviour: socket permissions, Prometheus, JSON logs, the events socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import urllib.request
+
+import numpy as np
+import pytest
+import zmq
+
+from tests.e2e.repohelpers import publish, wait_until
+
+pytestmark = [pytest.mark.e2e]
+
+
+
+def golden(repo):
+    return np.load(repo / "digits" / "v1" / "golden" / "0.input.npy")
+
+
+def test_socket_permissions(daemon, sockdir):
+    assert stat.S_IMODE((sockdir / "p.sock").stat().st_mode) == 0o660
+    assert stat.S_IMODE((sockdir / "c.sock").stat().st_mode) == 0o600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_prometheus_text_parses_and_http_endpoint_serves_it(daemon_factory, repo, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(f'[server]\nmetrics_endpoint = "127.0.0.1:{port}"\n')
+    d = daemon_factory(repo, "--config", str(cfg))
+    with d.client() as c:
+        for _ in range(7):
+            c.predict(golden(repo))
+        with pytest.raises(Exception):
+            c.predict(np.zeros((1, 8, 8, 1), np.int32))
+    r = d.cli("ctl", "stats", "--prometheus")
+    assert r.returncode == 0, r.stderr
+    families = {f.name: f for f in text_string_to_metric_families(r.stdout)}
+    requests = [s for s in families["edged_requests"].samples if s.name == "edged_requests_total"]
+    assert requests and requests[0].labels == {"model": "digits", "version": "v1"} and requests[0].value == 8
+    errors = [s for s in families["edged_errors"].samples if s.labels.get("code") == "BAD_DTYPE"]
+    assert errors and errors[0].value == 1
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert {f.name for f in text_string_to_metric_families(body)} >= {"edged_requests", "edged_request_latency_seconds"}
+
+
+def test_json_logs(daemon_factory, repo):
+    d = daemon_factory(repo, "--log-format", "json")
+    assert d.stop() == 0
+    lines = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
+    messages = [entry["msg"] for entry in lines]
+    assert any(m.startswith("ready in") for m in messages)
+    assert all({"ts", "level", "logger", "msg"} <= set(entry) for entry in lines)
+
+
+def test_swap_events_are_published(daemon_factory, tmp_path, sockdir):
+    from edged.testing import tflite_build as tb
+
+    repo = tmp_path / "repo"
+    publish(repo, "v1", tb.random_classifier(seed=1), tmp=tmp_path)
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text("[repository]\nsettle_s = 0.2\n")
+    d = daemon_factory(repo, "--config", str(cfg))
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"model")
+    sub.connect(f"ipc://{sockdir}/events.sock")
+    # A SUB socket joins asynchronously; publish only once it surely has.
+    wait_until(lambda: (sockdir / "events.sock").exists(), "events socket", daemon=d)
+    events = []
+    for attempt in range(3):
+        publish(repo, f"v{attempt + 2}", tb.random_classifier(seed=attempt + 2), tmp=tmp_path)
+        while sub.poll(30_000):
+            topic, body = sub.recv_multipart()
+            events.append(json.loads(body))
+            if events[-1]["event"] == "swap":
+                break
+        if events:
+            break
+    sub.close()
+    swap = [e for e in events if e["event"] == "swap"]
+    assert swap and swap[0]["model"] == "m" and swap[0]["version"].startswith("v") and "ts" in swap[0]

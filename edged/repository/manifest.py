@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from edged.repository.layout import fsync_dir, inside
+
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.tflite"
 FORMAT = 1
@@ -315,17 +317,8 @@ def write_manifest(version_dir: str | os.PathLike[str], manifest: Manifest) -> P
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)  # the rename is only durable once the directory entry is on disk
     return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def file_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -351,7 +344,7 @@ def verify_files(version_dir: str | os.PathLike[str], manifest: Manifest) -> lis
     problems: list[str] = []
     for rel, expected in manifest.files.items():
         path = root / rel
-        if not _inside(root, path):
+        if not inside(root, path):
             problems.append(f"{rel}: resolves outside the version directory")
             continue
         try:
@@ -386,14 +379,6 @@ def _golden_paths(golden: Iterable[Mapping[str, Any]]) -> list[str]:
         paths.extend(inp if isinstance(inp, list) else [inp])
         paths.extend(g["outputs"])
     return paths
-
-
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except (ValueError, OSError):
-        return False
-    return True
 
 
 def contract_from_details(input_details: Sequence[Mapping[str, Any]],

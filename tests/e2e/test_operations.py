@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
+from edged.errors import RequestError
 from tests.e2e.repohelpers import publish, wait_until
 
 pytestmark = [pytest.mark.e2e]
@@ -42,7 +43,7 @@ def test_prometheus_text_parses_and_http_endpoint_serves_it(daemon_factory, repo
     with d.client() as c:
         for _ in range(7):
             c.predict(golden(repo))
-        with pytest.raises(Exception):
+        with pytest.raises(RequestError):
             c.predict(np.zeros((1, 8, 8, 1), np.int32))
     r = d.cli("ctl", "stats", "--prometheus")
     assert r.returncode == 0, r.stderr

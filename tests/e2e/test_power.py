@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.errors import DeadlineExceeded, Throttled
+from edged.errors import Throttled
 from edged.testing import tflite_build as tb
 from tests.e2e.repohelpers import publish, versions, wait_until
 from tests.e2e.test_repository import DARK, local

@@ -13,7 +13,6 @@ import numpy as np
 import psutil
 import pytest
 
-from edged.errors import EdgedError
 from edged.runtime.backends import select_backend
 from edged.runtime.model import LoadedModel, LoadSpec
 from edged.testing import tflite_build as tb

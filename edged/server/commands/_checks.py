@@ -26,3 +26,10 @@ def optional_number(header: dict[str, Any], key: str, *, minimum: float = 0) -> 
 def no_frames(frames: list[Any]) -> None:
     if frames:
         raise RequestError(f"this op takes no data frames, got {len(frames)}")
+
+
+def required_version(header: dict[str, Any]) -> str:
+    value = header.get("version")
+    if not isinstance(value, str):
+        raise RequestError("'version' is required (e.g. \"v3\")")
+    return value

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edged.errors import RequestError
-from edged.server.commands._checks import no_frames, optional_str
+from edged.server.commands._checks import no_frames, optional_str, required_version
 
 NAME = "pin"
 ENDPOINTS = frozenset({"control"})
@@ -20,8 +19,7 @@ ENDPOINTS = frozenset({"control"})
 
 def validate(header: dict[str, Any], frames: list[Any]) -> None:
     optional_str(header, "model")
-    if not isinstance(header.get("version"), str):
-        raise RequestError("'version' is required")
+    required_version(header)
     no_frames(frames)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from edged.errors import RequestError
-from edged.server.commands._checks import no_frames, optional_str
+from edged.server.commands._checks import no_frames, optional_str, required_version
 
 NAME = "swap"
 ENDPOINTS = frozenset({"control"})
@@ -22,8 +22,7 @@ ENDPOINTS = frozenset({"control"})
 
 def validate(header: dict[str, Any], frames: list[Any]) -> None:
     optional_str(header, "model")
-    if not isinstance(header.get("version"), str):
-        raise RequestError("'version' is required (e.g. \"v3\")")
+    required_version(header)
     if not isinstance(header.get("force", False), bool):
         raise RequestError("'force' must be true or false")
     no_frames(frames)

@@ -60,6 +60,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "runtime.delegate": args.delegate, "server.workers": args.workers,
     }
     setup_logging(args.log_level or "info", args.log_format or "text")
+    try:
+        overrides.update(config_mod.parse_assignment(a) for a in args.set)
+    except EdgedError as exc:
+        logging.getLogger("edged").error("%s", exc)
+        return exc.exit_status
     # A segfault in a native kernel, or SIGABRT from systemd's watchdog, dumps every
     # thread's Python stack to stderr (the journal) before the process dies.
     faulthandler.enable()
@@ -280,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", default=None, choices=["text", "json"])
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key, e.g. --set server.queue_size=128 --set power.source=sysfs")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("predict", help="run one prediction on a .npy/.npz tensor or an image")

@@ -275,6 +275,22 @@ def check_endpoint(key: str, endpoint: str, allow_remote: bool = False) -> None:
     raise ConfigError(key, endpoint, "must start with ipc:// or tcp://")
 
 
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``section.key=value`` (``--set``) → (dotted key, value); the value is read as TOML.
+
+    ``server.workers=4`` gives 4, ``runtime.delegate=cpu`` the string "cpu" (a bare word
+    that is not valid TOML is taken as a string).  Raises ConfigError without ``=``.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError("--set", text, "expected section.key=value, e.g. server.workers=4")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
 def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read the config file (if any), apply ``overrides`` ({"section.key": value}) and validate.
 
@@ -299,8 +315,14 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
-        section, key = dotted.split(".", 1)
-        data.setdefault(section, {})[key] = value
+        *parents, key = dotted.split(".")
+        table = data
+        for part in parents:
+            nxt = table.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(dotted, value, f"{part} is not a table")
+            table = nxt
+        table[key] = value
     unknown = set(data) - {"server", "runtime", "repository", "power"}
     if unknown:
         name = sorted(unknown)[0]

@@ -157,7 +157,9 @@ def validate_in_child(path: Path, *, runtime: str, delegate: str, timeout: float
     cmd = [sys.executable, "-m", "edged.repository.check", str(path), "--runtime", runtime, "--delegate", delegate]
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        # Lower priority: on a 2-core board serving must win the CPU over validation.
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              preexec_fn=_lower_priority)
     except subprocess.TimeoutExpired:
         raise ModelError(f"validation hung: no result within {timeout:.0f}s", code=ErrorCode.VALIDATION_FAILED) from None
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
@@ -174,6 +176,13 @@ def validate_in_child(path: Path, *, runtime: str, delegate: str, timeout: float
     if not report.get("ok"):
         raise ModelError(str(report.get("error", "validation failed")), code=ErrorCode.VALIDATION_FAILED)
     return report
+
+
+def _lower_priority() -> None:
+    try:
+        os.nice(10)
+    except OSError:  # not permitted in some sandboxes: validate at normal priority
+        pass
 
 
 def _tail(text: str, n: int = 300) -> str:

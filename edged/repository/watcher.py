@@ -9,6 +9,7 @@ the state directory (``.edged/``) are ignored: the daemon writes there itself.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -51,8 +52,13 @@ class RepositoryWatcher(FileSystemEventHandler):
         path = str(event.src_path)
         if "/.edged" in path or path.endswith("/current") or "/.current." in path:
             return  # our own writes (state file, current link)
+        now = self.clock.monotonic()
+        # `edged pack` publishes with one rename of a finished directory: nothing more
+        # will follow, so skip the debounce for a directory that arrives with its manifest.
+        complete = event.is_directory and event.event_type in ("moved", "created") and \
+            os.path.exists(os.path.join(str(getattr(event, "dest_path", "") or path), "manifest.json"))
         with self._lock:
-            self._last_event = self.clock.monotonic()
+            self._last_event = now - self.debounce_s if complete else now
         self.wake()
 
     def due(self, now: float) -> float | None:

@@ -86,3 +86,17 @@ def test_runtime_dir_precedence():
     assert str(config.runtime_dir({"XDG_RUNTIME_DIR": "/run/user/5"})) == "/run/user/5/edged"
     assert str(config.runtime_dir({})).startswith("/tmp/edged-")
     assert config.default_models_path({"STATE_DIRECTORY": "/var/lib/edged"}) == Path("/var/lib/edged/models")
+
+
+def test_set_overrides_any_key_including_nested_tables(tmp_path):
+    over = dict(config.parse_assignment(a) for a in (
+        "server.queue_size=128", "runtime.delegate=cpu", "repository.probation.seconds=5",
+        'power.source="file"', "power.file=/tmp/ups.json"))
+    cfg = config.load(write(tmp_path, "[repository.probation]\nrequests = 7\n"), over)
+    assert cfg.server.queue_size == 128 and cfg.runtime.delegate == "cpu"
+    assert cfg.repository.probation.seconds == 5.0 and cfg.repository.probation.requests == 7
+    assert cfg.power["source"] == "file" and cfg.power["file"] == "/tmp/ups.json"
+    with pytest.raises(ConfigError, match="section.key=value"):
+        config.parse_assignment("workers")
+    with pytest.raises(ConfigError, match="server.queue_size"):
+        config.load(None, {"server.queue_size": "many"})

@@ -256,7 +256,10 @@ class Daemon:
             while self._pending:
                 cmd = self._pending.popleft()
                 if cmd == "reload":
-                    self.reload()
+                    try:
+                        self.reload()
+                    except EdgedError:
+                        pass  # refused and logged by reload(); the running config stays
                 else:
                     self.request_stop(cmd.split(":", 1)[1])
             if self.replies in events:
@@ -596,6 +599,9 @@ class Daemon:
                               if getattr(new.server, k) != getattr(self.config.server, k)]
             if new.runtime != self.config.runtime:
                 restart_needed.append("runtime")
+            if new.models_path != self.config.models_path:
+                restart_needed.append("repository.path")
+                new.repository.path = self.config.repository.path
             if restart_needed:
                 log.warning("reload: %s change only on restart", ", ".join(restart_needed))
             logging.getLogger("edged").setLevel(new.server.log_level.upper())

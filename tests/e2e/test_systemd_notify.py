@@ -63,10 +63,14 @@ def test_ready_status_watchdog_reload_and_stopping(daemon_factory, repo, fake_sy
     assert "MONOTONIC_USEC" in msg
     fake_systemd.wait_for("READY", "1")
 
-    # An invalid config is refused and the old one kept; the daemon keeps serving.
+    # An invalid config is refused and the old one kept; the daemon keeps serving,
+    # whether the reload comes from edged ctl or from SIGHUP (systemctl reload).
     cfg.write_text("[server]\nworkers = -3\n")
     r = d.cli("ctl", "reload", "--json")
     assert r.returncode == 7 and "server.workers" in r.stderr
+    fake_systemd.wait_for("READY", "1")
+    d.send_signal(signal.SIGHUP)
+    fake_systemd.wait_for("RELOADING", "1")
     fake_systemd.wait_for("READY", "1")
     with d.client() as c:
         assert c.health()["status"] == "ok"

@@ -392,7 +392,7 @@ class ModelManager:
                 if op.kind == "swap":
                     result = self._swap(op)
                 elif op.kind == "rollback":
-                    result = self._rollback(op.model, op.reason, op.version)
+                    result = self._rollback(op.model, op.reason, expect=op.version)
                 elif op.kind == "variant":
                     result = self._switch_variant(op.model)
             except Exception as exc:  # reported to the caller / log; the serving version is untouched
@@ -463,20 +463,29 @@ class ModelManager:
         self.emit(event)
         return {**event, "changed": True}
 
-    def _rollback(self, name: str, why: str, version: str | None = None) -> dict[str, Any]:
+    def _rollback(self, name: str, why: str, *, expect: str | None = None) -> dict[str, Any]:
+        """Roll the serving version back to the last committed one and mark it bad.
+
+        ``expect`` (probation verdicts) is the version judged; if another version
+        has superseded it meanwhile, nothing is done.  Raises ``INVALID_STATE``
+        when there is no earlier good version.
+        """
         slot = self.slots[name]
         st = self.state.get(name)
         bad_version = slot.serving.version if slot.serving else None
-        target = version
-        if target is None:
-            if st.probation is not None and st.probation.previous and st.probation.previous != bad_version:
-                target = st.probation.previous
-            elif st.committed and st.committed != bad_version:
-                target = st.committed
-            else:
-                older = [v for v in layout.version_names(self.root / name)
-                         if v not in st.bad and (layout.version_number(v) or 0) < (layout.version_number(bad_version or "0") or 0)]
-                target = older[-1] if older else None
+        if expect is not None and expect != bad_version:
+            log.info("%s: %s was superseded by %s before its rollback ran; nothing to do", name, expect, bad_version)
+            return {"model": name, "version": bad_version, "changed": False}
+        target: str | None
+        if st.probation is not None and st.probation.previous and st.probation.previous != bad_version:
+            target = st.probation.previous
+        elif st.committed and st.committed != bad_version:
+            target = st.committed
+        else:
+            below = layout.version_number(bad_version or "0") or 0
+            older = [v for v in layout.version_names(self.root / name)
+                     if v not in st.bad and (layout.version_number(v) or 0) < below]
+            target = older[-1] if older else None
         if target is None or target == bad_version:
             raise RetryableError(f"{name}: no earlier good version to roll back to", code=ErrorCode.INVALID_STATE)
         new = slot.previous if slot.previous is not None and slot.previous.version == target else self.load(name, target)
@@ -551,7 +560,7 @@ class ModelManager:
                            "previous_committed": st.committed})
             elif verdict == "rollback":
                 slot.probation = None  # judged once; the swap thread does the rest
-                self._ops.put(_Op("rollback", slot.name, reason=f"probation failed: {why}"))
+                self._ops.put(_Op("rollback", slot.name, tracker.version, reason=f"probation failed: {why}"))
 
     # -- control helpers --------------------------------------------------------------------------
 

@@ -1,0 +1,102 @@
+"""Pure repository logic: probation verdicts, the state file, layout names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edged.config import ModelPolicy, ProbationConfig
+from edged.errors import NotFoundError, RequestError
+from edged.repository import layout
+from edged.repository.manager import ProbationTracker
+from edged.repository.state import Probation, StateStore
+
+
+def tracker(baseline=100.0, **probation) -> ProbationTracker:
+    return ProbationTracker("v2", started=0.0, policy=ModelPolicy(probation=ProbationConfig(**probation)),
+                            baseline_p95_us=baseline)
+
+
+def test_commit_needs_both_time_and_requests():
+    t = tracker(seconds=60, requests=10)
+    for _ in range(10):
+        t.record(True, False, 100)
+    assert t.verdict(now=59.0)[0] == "wait"
+    assert t.verdict(now=60.0)[0] == "commit"
+    idle = tracker(seconds=60, requests=10)
+    assert idle.verdict(now=3600.0)[0] == "wait"  # never exercised: not proven
+
+
+def test_error_rate_rolls_back_only_on_a_minimum_sample():
+    t = tracker(requests=100, max_error_rate=0.05)
+    t.record(False, False, None)
+    assert t.verdict(0.0)[0] == "wait"  # one failure of one request is not a rate
+    for _ in range(19):
+        t.record(True, False, 100)
+    verdict, why = t.verdict(0.0)
+    assert verdict == "wait"  # 1/20 = 5 % is not over 5 %
+    t.record(False, False, None)
+    verdict, why = t.verdict(0.0)
+    assert verdict == "rollback" and "error rate 2/21" in why
+
+
+def test_nonfinite_outputs_roll_back():
+    t = tracker(requests=5, max_nonfinite_rate=0.0)
+    for i in range(5):
+        t.record(True, i == 3, 100)
+    verdict, why = t.verdict(0.0)
+    assert verdict == "rollback" and "non-finite" in why
+
+
+def test_p95_ratio_needs_an_absolute_slowdown_too():
+    jitter = tracker(baseline=20.0, requests=20, max_p95_ratio=3.0, min_p95_delta_ms=1.0)
+    for _ in range(20):
+        jitter.record(True, False, 250)  # 12x slower, but only 0.23 ms: noise on a tiny model
+    assert jitter.verdict(0.0)[0] == "wait"
+    slow = tracker(baseline=1000.0, requests=20, max_p95_ratio=3.0, min_p95_delta_ms=1.0)
+    for _ in range(20):
+        slow.record(True, False, 30_000)
+    verdict, why = slow.verdict(0.0)
+    assert verdict == "rollback" and "30.0x" in why
+
+
+def test_state_store_persists_atomically(tmp_path: Path):
+    store = StateStore(tmp_path)
+    assert not store.found
+    store.update("m", committed="v1", probation=Probation("v2", "v1", 1, 5.0))
+    store.mark_bad("m", "v3", "NaN")
+    again = StateStore(tmp_path)
+    st = again.get("m")
+    assert again.found and st.committed == "v1" and st.probation == Probation("v2", "v1", 1, 5.0)
+    assert st.bad == {"v3": "NaN"}
+    assert again.unmark("m", "v3") and not StateStore(tmp_path).get("m").bad
+    assert [p.name for p in (tmp_path / ".edged").iterdir()] == ["state.json"]  # no temp files left
+
+
+def test_corrupt_state_file_is_not_fatal(tmp_path: Path, caplog):
+    (tmp_path / ".edged").mkdir()
+    (tmp_path / ".edged" / "state.json").write_text("{not json")
+    store = StateStore(tmp_path)
+    assert store.get("m").committed is None
+    assert "unreadable" in caplog.text
+
+
+def test_names_and_versions(tmp_path: Path):
+    assert layout.version_number("v12") == 12 and layout.version_number("7") == 7
+    assert layout.version_number("v1a") is None and layout.version_number("current") is None
+    for bad in ("../x", "a/b", ".hidden", "", "current", None, "x" * 200):
+        with pytest.raises(RequestError):
+            layout.check_name("version", bad)
+    m = tmp_path / "m"
+    for v in ("v10", "v2", "3", ".v99", "notes"):
+        (m / v).mkdir(parents=True)
+    assert layout.version_names(m) == ["v2", "3", "v10"]
+    layout.set_current(m, "v10")
+    assert os.readlink(m / "current") == "v10" and layout.current_link(m) == "v10"
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", m / "v11")  # a symlink escaping the model dir is not a version
+    assert "v11" not in layout.version_names(m)
+    with pytest.raises(NotFoundError):
+        layout.version_dir(tmp_path, "m", "v99")

@@ -1,0 +1,815 @@
+#!/usr/bin/env python3
+"""One-command benchmark of edged against its floors, with the issue's targets.
+
+Builds the MobileNet-class int8 model (224×224×3 uint8 in, 1000 uint8 out;
+:func:`edged.testing.tflite_build.mobilenet_class_model`) into a temporary
+repository with :func:`edged.repository.pack.pack`, then measures in one run,
+on the same model and the same input tensor:
+
+1. in-process ``LoadedModel.run()`` (set_tensor + invoke + get_tensor) p50/p99,
+   same runtime, delegate and ``num_threads`` as the daemon; and in-process
+   best throughput with ``workers`` threads, each with its own interpreter;
+2. a bare pyzmq ROUTER echo server (subprocess) over ipc: the transport floor;
+3. ``edged serve`` over ipc and loopback TCP: sequential p50/p99 and
+   throughput at concurrency 1, 2, 4 (one client *process* per concurrent
+   request, so the client side has no GIL);
+4. daemon RSS after load versus a bare process that imports numpy, pyzmq and
+   the runtime and loads the same model into as many interpreters;
+5. time from process start to the first ``health`` reply, and the daemon's own
+   ``ready in N ms`` log figure;
+6. idle CPU of the daemon (user+system) as % of one core;
+7. a hot swap: ``pack`` v2 (other seed) while a client loops; time from the
+   rename to the first v2 reply, validation time from the log, p99 during the
+   swap versus steady state, peak RSS during the swap.
+
+Usage::
+
+    python scripts/bench.py [--quick] [--out FILE.json] [--runtime auto] [--workers 2]
+
+Every loop is bounded in count and time; only ipc:// and 127.0.0.1 traffic.
+Internal roles (``--role echo|client|bare|swaploop``) are this script run as a
+subprocess by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+INPUT_SHAPE = (1, 224, 224, 3)
+INPUT_SEED = 42
+
+
+def bench_input() -> np.ndarray:
+    """The one input tensor every measurement uses (150528 bytes of uint8)."""
+    return np.random.default_rng(INPUT_SEED).integers(0, 256, INPUT_SHAPE, dtype=np.uint8)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else None
+
+
+def ms(seconds: list[float]) -> dict[str, Any]:
+    """p50/p99/mean in milliseconds of a list of durations in seconds."""
+    if not seconds:
+        return {"n": 0, "p50_ms": None, "p99_ms": None, "mean_ms": None}
+    return {"n": len(seconds), "p50_ms": round(pct(seconds, 50) * 1000, 4), "p99_ms": round(pct(seconds, 99) * 1000, 4),
+            "mean_ms": round(float(np.mean(seconds)) * 1000, 4)}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Roles run as subprocesses of this script
+# ---------------------------------------------------------------------------------------------
+
+def role_echo(args: dict[str, Any]) -> int:
+    """A bare ROUTER that echoes every message (``full``) or answers header + N bytes (``shaped``)."""
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(args["endpoint"])
+    small = b"\0" * int(args.get("reply_bytes", 1000))
+    shaped = args.get("mode") == "shaped"
+    spin_s = float(args.get("spin_s", 0.0))  # busy "compute" before replying, like a worker in invoke()
+    deadline = time.monotonic() + float(args.get("max_s", 300))
+    print("ready", flush=True)
+    while time.monotonic() < deadline:
+        if not sock.poll(200):
+            continue
+        frames = sock.recv_multipart(copy=False)
+        if len(frames) == 2 and frames[1].bytes == b"quit":
+            break
+        if spin_s:
+            until = time.perf_counter() + spin_s
+            while time.perf_counter() < until:
+                pass
+        if shaped:
+            sock.send_multipart([frames[0], frames[1], small], copy=False)
+        else:
+            sock.send_multipart(frames, copy=False)
+    sock.close(0)
+    ctx.term()
+    return 0
+
+
+def role_client(args: dict[str, Any]) -> int:
+    """Closed-loop predicts from ``start_at`` for ``duration_s`` (monotonic clock, system-wide on Linux)."""
+    from edged.client import Client
+
+    x = bench_input()
+    start_at, end = float(args["start_at"]), float(args["start_at"]) + float(args["duration_s"])
+    lat: list[float] = []
+    errors = 0
+    with Client(args["endpoint"], timeout=10.0) as c:
+        for _ in range(3):  # connect and warm before the window opens
+            c.predict(x)
+        while time.monotonic() < start_at:
+            time.sleep(min(0.01, max(0.0, start_at - time.monotonic())))
+        for _ in range(1_000_000):
+            t0 = time.monotonic()
+            if t0 >= end:
+                break
+            try:
+                c.predict(x)
+            except Exception:  # counted, never hidden: the report shows errors per run
+                errors += 1
+                continue
+            lat.append(time.monotonic() - t0)
+    print(json.dumps({"n": len(lat), "errors": errors, "lat": lat}))
+    return 0
+
+
+def role_swaploop(args: dict[str, Any]) -> int:
+    """Loop predicts, recording (send, receive, version), until ``tail_s`` after the first ``target`` reply."""
+    from edged.client import Client
+
+    x = bench_input()
+    deadline = time.monotonic() + float(args["max_s"])
+    first_target: float | None = None
+    rows: list[tuple[float, float, str]] = []
+    errors: list[tuple[float, str]] = []
+    with Client(args["endpoint"], timeout=10.0) as c:
+        for _ in range(1_000_000):
+            t0 = time.monotonic()
+            if t0 >= deadline or (first_target is not None and t0 >= first_target + float(args["tail_s"])):
+                break
+            try:
+                r = c.predict(x)
+            except Exception as exc:  # reported, so a swap that drops requests shows up
+                errors.append((t0, f"{type(exc).__name__}: {exc}"))
+                continue
+            t1 = time.monotonic()
+            rows.append((t0, t1, r.version))
+            if r.version == args["target"] and first_target is None:
+                first_target = t1
+    Path(args["out"]).write_text(json.dumps({"rows": rows, "errors": errors}))
+    return 0
+
+
+def role_bare(args: dict[str, Any]) -> int:
+    """Import numpy, pyzmq and the runtime, load the model into ``workers`` interpreters; report RSS."""
+    import psutil
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    import zmq  # noqa: F401
+
+    from edged.runtime import delegates
+    from edged.runtime.backends import select_backend
+
+    backend = select_backend(args["runtime"])
+    _ = backend.interpreter_cls  # import the runtime module itself
+    imported = proc.memory_info().rss
+    path = Path(args["model"])
+    plan = delegates.plan(backend, "auto", path.parent, path)
+    content = path.read_bytes()
+    interps = []
+    for _ in range(int(args["workers"])):
+        it = backend.interpreter_cls(model_content=content, num_threads=1, **plan.interpreter_kwargs())
+        it.allocate_tensors()
+        d = it.get_input_details()[0]
+        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        it.invoke()
+        interps.append(it)
+    time.sleep(0.2)
+    loaded = proc.memory_info().rss
+    print(json.dumps({"rss_start": base, "rss_imported": imported, "rss_loaded": loaded, "delegate": plan.name}))
+    return 0
+
+
+ROLES = {"echo": role_echo, "client": role_client, "swaploop": role_swaploop, "bare": role_bare}
+
+
+def spawn_role(role: str, args: dict[str, Any], env: dict[str, str], **kw: Any) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--role", role, json.dumps(args)],
+                            env=env, cwd=str(ROOT), **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon under test
+# ---------------------------------------------------------------------------------------------
+
+class DaemonRun:
+    """``python -m edged serve`` on private endpoints; ``ready_s`` is Popen → first health reply."""
+
+    def __init__(self, models: Path, endpoint: str, control: str, workdir: Path, runtime: str, workers: int,
+                 env: dict[str, str], tag: str) -> None:
+        self.endpoint, self.control = endpoint, control
+        self.log_path = workdir / f"daemon-{tag}.log"
+        self._log = open(self.log_path, "wb")
+        cmd = [sys.executable, "-m", "edged", "serve", "--models", str(models), "--endpoint", endpoint,
+               "--control-endpoint", control, "--runtime", runtime, "--workers", str(workers),
+               "--config", str(workdir / "edged.toml")]
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir))
+        self.ready_s: float | None = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        import zmq
+
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 5)  # the default 100 ms would inflate the ready time
+        sock.connect(self.endpoint)
+        deadline = self.t0 + timeout
+        try:
+            for attempt in range(100_000):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"daemon not ready after {timeout}s:\n{self.log_text()}")
+                sock.send_multipart([json.dumps({"v": 1, "id": attempt, "op": "health"}).encode()])
+                # A request queued before the bind is delivered on connect; resend now and
+                # then in case it went to a socket file of an earlier run.
+                until = time.monotonic() + 0.5
+                while time.monotonic() < until:
+                    if sock.poll(20):
+                        head = json.loads(sock.recv_multipart()[0])
+                        if head.get("ok"):
+                            self.ready_s = time.monotonic() - self.t0
+                            return self.ready_s
+                    if self.proc.poll() is not None:
+                        break
+        finally:
+            sock.close(0)
+        raise RuntimeError("unreachable")
+
+    def logged_ms(self, pattern: str) -> list[float]:
+        return [float(m) for m in re.findall(pattern, self.log_text())]
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+def measure_inprocess(vdir: Path, runtime: str, workers: int, n: int, tput_s: float) -> dict[str, Any]:
+    """The floor: the daemon's own LoadedModel, in this process, no transport."""
+    from edged.runtime.backends import select_backend
+    from edged.runtime.model import LoadedModel, LoadSpec
+
+    backend = select_backend(runtime)
+    model = LoadedModel.load(LoadSpec(name="bench", version="v1", path=vdir, backend=backend, delegate="auto",
+                                      workers=workers, num_threads=1))
+    x = bench_input()
+    for _ in range(20):
+        model.run([x])
+    wall, invoke = [], []
+    limit = time.monotonic() + 60
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = model.run([x])
+        wall.append(time.perf_counter() - t0)
+        invoke.append(r.invoke_us / 1e6)
+        if time.monotonic() > limit:
+            break
+    rps = inprocess_throughput(model, workers, tput_s)
+    return {"runtime": backend.describe(), "delegate": model.delegate, "interpreters": workers,
+            "run": ms(wall), "invoke_only": ms(invoke), "throughput_windows_rps": [rps],
+            "throughput_rps": rps, "throughput_threads": workers, "_model": model}
+
+
+def inprocess_throughput(model: Any, workers: int, seconds: float) -> float:
+    """``workers`` threads, each taking its own interpreter from the pool, for ``seconds``."""
+    x = bench_input()
+    counts = [0] * workers
+    start = threading.Event()
+    end_at = [0.0]
+
+    def loop(i: int) -> None:
+        start.wait(10)
+        for _ in range(1_000_000):
+            if time.monotonic() >= end_at[0]:
+                return
+            model.run([x])
+            counts[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    t0 = time.monotonic()
+    end_at[0] = t0 + seconds
+    start.set()
+    for t in threads:
+        t.join(seconds + 30)
+    return round(sum(counts) / (time.monotonic() - t0), 2)
+
+
+def more_inprocess_windows(r: dict[str, Any], workers: int, seconds: float) -> None:
+    """Another in-process throughput window; "best" is the max, as the box is shared and noisy."""
+    rps = inprocess_throughput(r["_model"], workers, seconds)
+    r["throughput_windows_rps"].append(rps)
+    r["throughput_rps"] = max(r["throughput_windows_rps"])
+
+
+def measure_echo(endpoint: str, env: dict[str, str], mode: str, n: int, spin_s: float = 0.0) -> dict[str, Any]:
+    """Sequential round trips to the bare echo server, with the client work of edged.client (JSON both ways).
+
+    With ``spin_s`` the server busy-waits that long before replying, so the client
+    sits idle as long as it does while the daemon runs invoke(); the figure minus
+    ``spin_s`` is the transport cost including waking an idle client.
+    """
+    import zmq
+
+    proc = spawn_role("echo", {"endpoint": endpoint, "mode": mode, "spin_s": spin_s}, env, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # "ready" after bind
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        x = bench_input()
+        lat = []
+        limit = time.monotonic() + 60
+        for i in range(n + 20):
+            header = {"v": 1, "id": f"e-{i}", "op": "predict",
+                      "inputs": [{"dtype": "uint8", "shape": list(INPUT_SHAPE)}]}
+            t0 = time.perf_counter()
+            sock.send_multipart([json.dumps(header, separators=(",", ":")).encode(), memoryview(x).cast("B")],
+                                copy=False)
+            if not sock.poll(5000):
+                raise RuntimeError("echo server did not answer in 5 s")
+            reply = sock.recv_multipart(copy=False)
+            json.loads(bytes(reply[0].buffer))
+            np.frombuffer(reply[-1].buffer, np.uint8)
+            if i >= 20:
+                lat.append(time.perf_counter() - t0 - spin_s)
+            if time.monotonic() > limit:
+                break
+        sock.send_multipart([b"quit"])
+        sock.close(0)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return ms(lat)
+
+
+def sequential_latency(endpoint: str, n: int) -> dict[str, Any]:
+    """Sequential predicts with edged.client; also the daemon's own timing fields."""
+    from edged.client import Client
+
+    x = bench_input()
+    lat, total, invoke, queue = [], [], [], []
+    limit = time.monotonic() + 120
+    with Client(endpoint, timeout=10.0) as c:
+        for _ in range(20):
+            c.predict(x)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = c.predict(x)
+            lat.append(time.perf_counter() - t0)
+            total.append(r.timing["total_us"] / 1e6)
+            invoke.append(r.timing["invoke_us"] / 1e6)
+            queue.append(r.timing["queue_us"] / 1e6)
+            if time.monotonic() > limit:
+                break
+    return {"client": ms(lat), "daemon_total": ms(total), "daemon_invoke": ms(invoke), "daemon_queue": ms(queue)}
+
+
+def throughput(endpoint: str, env: dict[str, str], concurrency: int, duration_s: float) -> dict[str, Any]:
+    """``concurrency`` client processes, each a closed loop, all inside the same time window."""
+    start_at = time.monotonic() + 2.0 + 0.3 * concurrency  # room for the clients' imports
+    procs = [spawn_role("client", {"endpoint": endpoint, "start_at": start_at, "duration_s": duration_s}, env,
+                        stdout=subprocess.PIPE) for _ in range(concurrency)]
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=duration_s + 60)
+        if p.returncode != 0:
+            raise RuntimeError(f"client process failed with {p.returncode}")
+        results.append(json.loads(out))
+    if time.monotonic() < start_at:
+        raise RuntimeError("clients finished before the window opened")
+    n = sum(r["n"] for r in results)
+    lat = [v for r in results for v in r["lat"]]
+    return {"concurrency": concurrency, "requests": n, "errors": sum(r["errors"] for r in results),
+            "rps": round(n / duration_s, 2), "latency": ms(lat)}
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's RSS (and its children's) every ``interval`` seconds until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.02, max_s: float = 120.0) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.interval, self.max_s = interval, max_s
+        self.samples: list[tuple[float, int, int]] = []  # (t, daemon rss, children rss)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        end = time.monotonic() + self.max_s
+        while not self._halt.is_set() and time.monotonic() < end:
+            try:
+                rss = self.proc.memory_info().rss
+                kids = 0
+                for ch in self.proc.children(recursive=True):
+                    try:
+                        kids += ch.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            self.samples.append((time.monotonic(), rss, kids))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def measure_swap(d: DaemonRun, repo: Path, model_src: Path, golden: Path, env: dict[str, str], workdir: Path,
+                 runtime: str, steady_s: float) -> dict[str, Any]:
+    """Publish v2 with pack() while a client process loops predicts on the daemon."""
+    from edged.repository.pack import pack
+
+    out = workdir / "swaploop.json"
+    sampler = RssSampler(d.proc.pid)
+    sampler.start()
+    client = spawn_role("swaploop", {"endpoint": d.endpoint, "target": "v2", "tail_s": 1.5,
+                                     "max_s": steady_s + 90, "out": str(out)}, env)
+    time.sleep(steady_s + 0.5)  # client start-up plus a steady-state window
+    renamed: list[float] = []
+    orig_rename = os.rename
+
+    def stamped_rename(a: Any, b: Any) -> None:  # pack() publishes with exactly one rename
+        orig_rename(a, b)
+        renamed.append(time.monotonic())
+
+    os.rename = stamped_rename  # type: ignore[assignment]
+    try:
+        t_pack = time.monotonic()
+        pack(model_src, name="bench", version="v2", repo=repo, golden_inputs=[golden], runtime=runtime,
+             created_by={"command": "scripts/bench.py", "seed": 1})
+    finally:
+        os.rename = orig_rename  # type: ignore[assignment]
+    t_rename = renamed[-1]
+    client.wait(120)
+    sampler.stop()
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    first_v2 = next((t1 for (t0, t1, v) in rows if v == "v2"), None)
+    client_start = rows[0][0] if rows else t_rename
+    steady = [t1 - t0 for (t0, t1, _) in rows if client_start + 0.5 <= t0 < t_rename]
+    window_end = (first_v2 if first_v2 is not None else t_rename) + 0.5
+    during = [t1 - t0 for (t0, t1, _) in rows if t_rename <= t0 <= window_end or (t0 < t_rename < t1)]
+    before = [rss for (t, rss, _) in sampler.samples if t < t_rename]
+    swap_rss = [rss for (t, rss, _) in sampler.samples if t_rename <= t <= window_end + 1.0]
+    kids = [k for (t, _, k) in sampler.samples if t_rename <= t <= window_end + 1.0]
+    validated = d.logged_ms(r"validated in (\d+) ms")
+    return {
+        "pack_s": round(t_rename - t_pack, 3),
+        "first_v2_reply_s": round(first_v2 - t_rename, 3) if first_v2 is not None else None,
+        "validation_ms": validated[-1] if validated else None,
+        "steady": ms(steady), "during_swap": ms(during),
+        "window_s": round(window_end - t_rename, 3),
+        "rss_before_mb": round(float(np.median(before)) / 2**20, 1) if before else None,
+        "rss_peak_mb": round(max(swap_rss) / 2**20, 1) if swap_rss else None,
+        "validator_child_peak_mb": round(max(kids) / 2**20, 1) if kids else None,
+        "rss_samples": len(sampler.samples),
+        "errors": len(data["errors"]), "error_examples": data["errors"][:3],
+        "versions_seen": sorted({v for (_, _, v) in rows}),
+    }
+
+
+def idle_cpu(pid: int, seconds: float) -> dict[str, Any]:
+    import psutil
+
+    p = psutil.Process(pid)
+    time.sleep(2.0)  # let the last replies and timers settle
+    c0, t0 = p.cpu_times(), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = p.cpu_times(), time.monotonic()
+    used = (c1.user - c0.user) + (c1.system - c0.system)
+    return {"seconds": round(t1 - t0, 2), "cpu_s": round(used, 4), "pct_core": round(100 * used / (t1 - t0), 4),
+            "threads": p.num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def build_checks(r: dict[str, Any]) -> list[dict[str, Any]]:
+    ip = r["inprocess"]
+    echo = r["echo_full"]
+    ipc, tcp = r["edged_ipc"], r["edged_tcp"]
+    checks = []
+
+    def add(name: str, value: Any, target: str, ok: bool | None) -> None:
+        checks.append({"figure": name, "value": value, "target": target, "result": verdict(ok)})
+
+    floor = ip["run"]["p50_ms"]
+    for label, run in (("ipc", ipc), ("tcp", tcp)):
+        over = run["latency"]["client"]["p50_ms"] - floor
+        run["overhead_p50_ms"] = round(over, 4)
+        add(f"edged {label} p50 − in-process p50", f"{over:.3f} ms", "≤ 0.3 ms", over <= 0.3)
+    over = ipc["overhead_p50_ms"]
+    add("ipc overhead / bare echo p50 (ipc)", f"{over / echo['p50_ms']:.2f}× ({over:.3f} / {echo['p50_ms']:.3f} ms)",
+        "≤ 1.35×", over <= 1.35 * echo["p50_ms"])
+    spin = r["echo_shaped_spin"]["p50_ms"]
+    add("  info: ipc overhead / echo with busy server", f"{over / spin:.2f}× ({over:.3f} / {spin:.3f} ms)",
+        "(≤ 1.35×)", None)
+    for label, run in (("ipc", ipc), ("tcp", tcp)):
+        c4 = next(t for t in run["throughput"] if t["concurrency"] == 4)
+        frac = c4["rps"] / ip["throughput_rps"]
+        add(f"throughput c=4 {label} / in-process best ({ip['throughput_threads']} interp.)",
+            f"{100 * frac:.1f}% ({c4['rps']:.1f} / {ip['throughput_rps']:.1f} /s)", "≥ 90%", frac >= 0.9)
+    idle = r["idle_cpu"]
+    add(f"idle CPU over {idle['seconds']:.0f} s", f"{idle['pct_core']:.3f}% of a core", "≤ 0.1%",
+        idle["pct_core"] <= 0.1)
+    rss = r["rss"]
+    ratio = rss["daemon_after_load_mb"] / rss["bare_loaded_mb"]
+    add("daemon RSS / bare process RSS", f"{ratio:.2f}× ({rss['daemon_after_load_mb']:.1f} / "
+        f"{rss['bare_loaded_mb']:.1f} MB)", "≤ 1.25×", ratio <= 1.25)
+    rd = r["ready"]
+    add("start → first health reply", f"{rd['ready_s_median'] * 1000:.0f} ms (log: ready in "
+        f"{rd['logged_ready_ms_median']:.0f} ms)", "≤ 1000 ms", rd["ready_s_median"] <= 1.0)
+    sw = r["swap"]
+    if sw["first_v2_reply_s"] is not None and sw["validation_ms"] is not None:
+        extra = sw["first_v2_reply_s"] - sw["validation_ms"] / 1000
+        add("swap: manifest → first v2 reply, minus validation",
+            f"{extra * 1000:.0f} ms ({sw['first_v2_reply_s'] * 1000:.0f} − {sw['validation_ms']:.0f} ms)",
+            "≤ 500 ms", extra <= 0.5)
+    else:
+        add("swap: manifest → first v2 reply", "no v2 reply", "≤ 500 ms + validation", False)
+    if sw["during_swap"]["p99_ms"] and sw["steady"]["p99_ms"]:
+        f = sw["during_swap"]["p99_ms"] / sw["steady"]["p99_ms"]
+        add("swap: p99 during swap / steady p99", f"{f:.2f}× ({sw['during_swap']['p99_ms']:.2f} / "
+            f"{sw['steady']['p99_ms']:.2f} ms)", "≤ 1.5×", f <= 1.5)
+    one_model = rss["model_footprint_mb"]
+    if sw["rss_peak_mb"] is not None and sw["rss_before_mb"] is not None:
+        grow = sw["rss_peak_mb"] - sw["rss_before_mb"]
+        add("swap: peak RSS − RSS before", f"{grow:.1f} MB (one loaded model = {one_model:.1f} MB)",
+            f"≤ 2× model = {2 * one_model:.1f} MB", grow <= 2 * one_model)
+    return checks
+
+
+def print_report(r: dict[str, Any]) -> None:
+    ip, echo, shaped, spin = r["inprocess"], r["echo_full"], r["echo_shaped"], r["echo_shaped_spin"]
+    lines = [
+        "",
+        f"edged benchmark — {r['machine']['cpu_model']}, {r['machine']['nproc']} CPUs, {r['runtime']}, "
+        f"model {r['model']['size_bytes']} B, input {list(INPUT_SHAPE)} uint8, workers {r['workers']}"
+        + ("  [--quick]" if r["quick"] else ""),
+        "",
+        f"{'measurement':44} {'p50 ms':>9} {'p99 ms':>9} {'n':>6}",
+        f"{'in-process run() (set+invoke+get), 1 thread':44} {ip['run']['p50_ms']:9.3f} {ip['run']['p99_ms']:9.3f} "
+        f"{ip['run']['n']:6}",
+        f"{'in-process invoke() alone':44} {ip['invoke_only']['p50_ms']:9.3f} {ip['invoke_only']['p99_ms']:9.3f} "
+        f"{ip['invoke_only']['n']:6}",
+        f"{'bare zmq echo ipc (150 KB both ways)':44} {echo['p50_ms']:9.3f} {echo['p99_ms']:9.3f} {echo['n']:6}",
+        f"{'bare zmq echo ipc (150 KB in, 1 KB out)':44} {shaped['p50_ms']:9.3f} {shaped['p99_ms']:9.3f} "
+        f"{shaped['n']:6}",
+        f"{'  same, server busy ' + format(spin['spin_ms'], '.2f') + ' ms first (minus it)':44} {spin['p50_ms']:9.3f} "
+        f"{spin['p99_ms']:9.3f} {spin['n']:6}",
+    ]
+    for label in ("ipc", "tcp"):
+        run = r[f"edged_{label}"]["latency"]
+        lines.append(f"{'edged ' + label + ' predict (client round trip)':44} {run['client']['p50_ms']:9.3f} "
+                     f"{run['client']['p99_ms']:9.3f} {run['client']['n']:6}")
+        lines.append(f"{'  daemon total_us / invoke_us (' + label + ')':44} {run['daemon_total']['p50_ms']:9.3f} "
+                     f"{run['daemon_total']['p99_ms']:9.3f}   invoke p50 {run['daemon_invoke']['p50_ms']:.3f}")
+    lines += ["", f"{'throughput (req/s)':44} {'c=1':>9} {'c=2':>9} {'c=4':>9}",
+              f"{'in-process, ' + str(ip['throughput_threads']) + ' threads × own interpreter':44} "
+              f"{'':9} {ip['throughput_rps']:9.1f}   best of windows {ip['throughput_windows_rps']}"]
+    for label in ("ipc", "tcp"):
+        t = {x["concurrency"]: x for x in r[f"edged_{label}"]["throughput"]}
+        lines.append(f"{'edged ' + label + ' (client processes)':44} " + " ".join(
+            f"{t[c]['rps']:9.1f}" for c in (1, 2, 4)))
+    lines += ["", f"{'figure':54} {'value':44} {'target':22} result"]
+    for c in r["checks"]:
+        lines.append(f"{c['figure']:54} {str(c['value']):44} {c['target']:22} {c['result']}")
+    if r["quick"]:
+        lines.append(f"\nNOTE: --quick: idle CPU measured over {r['idle_cpu']['seconds']:.0f} s (not 30 s), "
+                     "fewer samples and shorter throughput windows; use a full run for the record.")
+    print("\n".join(lines))
+
+
+def machine_facts(runtime_desc: str) -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import zmq
+
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version(),
+            "kernel": platform.release(), "numpy": np.__version__, "pyzmq": zmq.__version__,
+            "libzmq": zmq.zmq_version(), "runtime": runtime_desc,
+            "loadavg_at_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from edged.repository.pack import pack
+    from edged.runtime.backends import select_backend
+    from edged.testing.tflite_build import mobilenet_class_model
+
+    quick = args.quick
+    n_lat = 300 if quick else 2000
+    n_inproc = 300 if quick else 2000
+    tput_s = 3.0 if quick else 10.0
+    idle_s = 5.0 if quick else 30.0
+    starts = 1 if quick else 3
+    workers = args.workers
+    backend = select_backend(args.runtime)
+    result: dict[str, Any] = {"quick": quick, "workers": workers, "runtime": backend.describe(),
+                              "command": " ".join([Path(sys.executable).name, "scripts/bench.py", *sys.argv[1:]]),
+                              "machine": machine_facts(backend.describe())}
+    workdir = Path(tempfile.mkdtemp(prefix="edged-bench-", dir="/tmp"))  # short: ipc paths ≤ ~107 bytes
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)  # never talk to a real systemd
+    env.pop("EDGED_CONFIG", None)
+    for k in ("EDGED_ENDPOINT", "EDGED_CONTROL_ENDPOINT"):
+        env.pop(k, None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in [os.environ.get("PYTHONPATH")] if p]])
+    daemons: list[DaemonRun] = []
+    try:
+        (workdir / "edged.toml").write_text(f"[server]\nworkers = {workers}\n")
+        log(f"building the MobileNet-class model in {workdir}")
+        t0 = time.monotonic()
+        src1, src2 = workdir / "bench-v1.tflite", workdir / "bench-v2.tflite"
+        src1.write_bytes(mobilenet_class_model(seed=0))
+        src2.write_bytes(mobilenet_class_model(seed=1))
+        golden = workdir / "golden.npy"
+        np.save(golden, bench_input())
+        repo = workdir / "models"
+        vdir = pack(src1, name="bench", version="v1", repo=repo, golden_inputs=[golden], runtime=args.runtime,
+                    created_by={"command": "scripts/bench.py", "seed": 0})
+        result["model"] = {"size_bytes": src1.stat().st_size, "build_and_pack_s": round(time.monotonic() - t0, 2)}
+
+        log("in-process floor")
+        result["inprocess"] = measure_inprocess(vdir, args.runtime, workers, n_inproc, tput_s)
+
+        log("bare zmq echo over ipc")
+        result["echo_full"] = measure_echo(f"ipc://{workdir}/echo.sock", env, "full", n_lat)
+        result["echo_shaped"] = measure_echo(f"ipc://{workdir}/echo2.sock", env, "shaped", n_lat)
+        spin = result["inprocess"]["run"]["p50_ms"] / 1000
+        result["echo_shaped_spin"] = measure_echo(f"ipc://{workdir}/echo3.sock", env, "shaped", n_lat // 2, spin)
+        result["echo_shaped_spin"]["spin_ms"] = round(spin * 1000, 3)
+
+        log("bare process RSS")
+        bare = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--role", "bare",
+                               json.dumps({"model": str(vdir / "model.tflite"), "runtime": args.runtime,
+                                           "workers": workers})],
+                              capture_output=True, text=True, env=env, timeout=120, check=True)
+        b = json.loads(bare.stdout)
+
+        ipc_ep, ctl_ep = f"ipc://{workdir}/p.sock", f"ipc://{workdir}/c.sock"
+        ready, logged = [], []
+        d = None
+        for i in range(starts):
+            log(f"daemon start {i + 1}/{starts} (ipc)")
+            d = DaemonRun(repo, ipc_ep, ctl_ep, workdir, args.runtime, workers, env, f"ipc{i}")
+            daemons.append(d)
+            ready.append(d.wait_ready())
+            got = d.logged_ms(r"ready in (\d+) ms")
+            logged.append(got[-1] if got else float("nan"))
+            if i < starts - 1:
+                d.stop()
+        assert d is not None
+        result["ready"] = {"ready_s": [round(v, 3) for v in ready], "logged_ready_ms": logged,
+                           "ready_s_median": float(np.median(ready)), "logged_ready_ms_median": float(np.median(logged))}
+        import psutil
+
+        time.sleep(1.0)
+        rss_load = psutil.Process(d.proc.pid).memory_info().rss
+        log("edged over ipc: sequential latency")
+        ipc: dict[str, Any] = {"latency": sequential_latency(ipc_ep, n_lat), "throughput": []}
+        for c in (1, 2, 4):
+            log(f"edged over ipc: throughput, concurrency {c}")
+            ipc["throughput"].append(throughput(ipc_ep, env, c, tput_s))
+        log("in-process throughput again (interleaved with the edged windows)")
+        more_inprocess_windows(result["inprocess"], workers, tput_s)
+        result["edged_ipc"] = ipc
+        rss_traffic = psutil.Process(d.proc.pid).memory_info().rss
+        result["rss"] = {
+            "daemon_after_load_mb": round(rss_load / 2**20, 1), "daemon_after_traffic_mb": round(rss_traffic / 2**20, 1),
+            "bare_imports_mb": round(b["rss_imported"] / 2**20, 1), "bare_loaded_mb": round(b["rss_loaded"] / 2**20, 1),
+            "model_footprint_mb": round((b["rss_loaded"] - b["rss_imported"]) / 2**20, 1),
+            "bare_interpreters": workers,
+        }
+        log(f"idle CPU over {idle_s:.0f} s")
+        result["idle_cpu"] = idle_cpu(d.proc.pid, idle_s)
+        d.stop()
+
+        port = free_port()
+        tcp_ep = f"tcp://127.0.0.1:{port}"
+        log(f"edged over {tcp_ep}")
+        d = DaemonRun(repo, tcp_ep, f"ipc://{workdir}/c2.sock", workdir, args.runtime, workers, env, "tcp")
+        daemons.append(d)
+        d.wait_ready()
+        tcp: dict[str, Any] = {"endpoint": tcp_ep, "latency": sequential_latency(tcp_ep, n_lat), "throughput": []}
+        for c in (1, 2, 4):
+            log(f"edged over tcp: throughput, concurrency {c}")
+            tcp["throughput"].append(throughput(tcp_ep, env, c, tput_s))
+        more_inprocess_windows(result["inprocess"], workers, tput_s)
+        del result["inprocess"]["_model"]  # release the interpreters before the swap test
+        result["edged_tcp"] = tcp
+        d.stop()
+
+        log("hot swap v1 → v2 under load (ipc)")
+        d = DaemonRun(repo, ipc_ep, ctl_ep, workdir, args.runtime, workers, env, "swap")
+        daemons.append(d)
+        d.wait_ready()
+        result["swap"] = measure_swap(d, repo, src2, golden, env, workdir, args.runtime, 3.0 if quick else 6.0)
+        d.stop()
+        result["checks"] = build_checks(result)
+        result["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    except Exception:
+        for d in daemons:
+            if d.proc.poll() is None:
+                log(f"daemon log {d.log_path}:\n{d.log_text()[-3000:]}")
+        raise
+    finally:
+        for d in daemons:
+            d.stop()
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="benchmark edged against in-process and bare-transport floors")
+    p.add_argument("--quick", action="store_true", help="fewer samples, 3 s windows, 5 s idle CPU (not for the record)")
+    p.add_argument("--out", type=Path, help="also write every figure as JSON here")
+    p.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "tensorflow"])
+    p.add_argument("--workers", type=int, default=2, help="daemon workers = in-process interpreters (default 2)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (daemon logs)")
+    p.add_argument("--role", help=argparse.SUPPRESS)
+    p.add_argument("role_args", nargs="?", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.role:
+        return ROLES[args.role](json.loads(args.role_args))
+    result = run(args)
+    print_report(result)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        log(f"wrote {args.out}")
+    return 0 if all(c["result"] != "MISS" for c in result["checks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

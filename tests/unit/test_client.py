@@ -1,0 +1,112 @@
+"""The client against a scripted in-process ROUTER: timeouts, Lazy Pirate reset, id matching, typed errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import zmq
+
+from edged import protocol
+from edged.client import Client
+from edged.errors import ErrorCode, Throttled, TransportError
+
+
+class ScriptedServer:
+    """Answers each request with the next scripted action: 'drop', a reply dict, or 'stale+ok'."""
+
+    def __init__(self, script: list) -> None:
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"inproc://scripted-{id(self)}"
+        self.sock.bind(self.endpoint)
+        self.script = list(script)
+        self.seen: list[dict] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        stale_id = None
+        while self.script and self.sock.poll(10_000):
+            frames = self.sock.recv_multipart()
+            ident, header = frames[0], json.loads(frames[1])
+            self.seen.append(header)
+            action = self.script.pop(0)
+            if action == "drop":
+                stale_id = header["id"]
+                continue
+            if action == "stale+ok" and stale_id is not None:
+                self.sock.send_multipart([ident, protocol.dumps({"v": 1, "id": stale_id, "ok": True, "stale": True})])
+            reply = {"v": 1, "id": header["id"], "ok": True} if action in ("ok", "stale+ok") else {**action,
+                                                                                                  "id": header["id"]}
+            self.sock.send_multipart([ident, protocol.dumps(reply)])
+
+    def close(self) -> None:
+        self.thread.join(20)
+        self.sock.close()
+
+
+@pytest.fixture
+def server_factory() -> Iterator:
+    servers = []
+
+    def make(script):
+        s = ScriptedServer(script)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_timeout_raises_typed_error_and_the_next_call_works(server_factory):
+    s = server_factory(["drop", "ok"])
+    c = Client(s.endpoint, timeout=0.2, context=s.ctx)
+    with pytest.raises(TransportError) as info:
+        c.health()
+    assert info.value.code is ErrorCode.TIMEOUT and info.value.exit_status == 8
+    assert c.health()["ok"] is True  # a fresh socket: no wedge
+    c.close()
+
+
+def test_stale_replies_are_skipped_by_id(server_factory):
+    s = server_factory(["ok", "stale+ok"])
+    c = Client(s.endpoint, timeout=5, context=s.ctx)
+    c.health()
+    head = c.health()
+    assert "stale" not in head  # the reply to another id was ignored
+    c.close()
+
+
+def test_throttled_is_typed_and_retry_is_opt_in(server_factory):
+    throttle = {"v": 1, "ok": False, "error": {"code": "THROTTLED", "message": "slow down", "retry_after_ms": 1}}
+    x = np.zeros((1, 2), np.float32)
+    ok = {"v": 1, "ok": True, "model": "m", "version": "v1", "outputs": [{"dtype": "float32", "shape": [0]}]}
+    s = server_factory([throttle])
+    c = Client(s.endpoint, timeout=5, context=s.ctx)
+    with pytest.raises(Throttled) as info:
+        c.predict(x)
+    assert info.value.retry_after_ms == 1
+    # With retries the client sleeps retry_after_ms and tries again; the server then answers.
+    s2 = server_factory([throttle, ok])
+    c2 = Client(s2.endpoint, timeout=5, context=s2.ctx)
+    with pytest.raises(TransportError):  # ok reply declares 1 output but carries no frame
+        c2.predict(x, retry_throttled=3)
+    assert len(s2.seen) == 2 and s2.seen[0]["inputs"] == [{"dtype": "float32", "shape": [1, 2]}]
+    c.close()
+    c2.close()
+
+
+def test_request_header_shape(server_factory):
+    s = server_factory([{"v": 1, "ok": True, "outputs": []}])
+    c = Client(s.endpoint, timeout=5, context=s.ctx)
+    c.predict({"image": np.ones((1, 3), np.uint8)}, model="digits", deadline_ms=50, priority="high", top_k=2)
+    h = s.seen[0]
+    assert h["op"] == "predict" and h["model"] == "digits" and h["deadline_ms"] == 50 and h["priority"] == "high"
+    assert h["top_k"] == 2 and h["inputs"] == [{"name": "image", "dtype": "uint8", "shape": [1, 3]}]
+    c.close()

@@ -218,3 +218,19 @@ def test_second_daemon_on_the_same_endpoint_is_refused(daemon, daemon_factory, r
     assert "already serving" in other.log()
     with daemon.client() as c:  # the first one is untouched
         assert c.health()["status"] == "ok"
+
+
+def test_explicit_edgetpu_without_the_library_is_a_clear_startup_error(daemon_factory, repo):
+    # The version offers a compiled model, but this machine has no libedgetpu.so.1.
+    (repo / "digits" / "v1" / "model_edgetpu.tflite").write_bytes((repo / "digits" / "v1" / "model.tflite").read_bytes())
+    d = daemon_factory(repo, "--delegate", "edgetpu", ready=False)
+    assert d.proc.wait(60) == 6
+    assert "delegate = 'edgetpu' but cannot load Edge TPU delegate libedgetpu.so.1" in d.log()
+
+
+def test_auto_delegate_falls_back_from_edgetpu_with_the_reason_logged(daemon_factory, repo):
+    (repo / "digits" / "v1" / "model_edgetpu.tflite").write_bytes((repo / "digits" / "v1" / "model.tflite").read_bytes())
+    d = daemon_factory(repo)
+    with d.client() as c:
+        assert c.predict(golden_inputs(repo)[0]).delegate == "xnnpack"
+    assert "edgetpu skipped: cannot load Edge TPU delegate libedgetpu.so.1" in d.log()

@@ -2,7 +2,7 @@
 
 One main thread owns every ZeroMQ socket.  It reads requests, dispatches them
 (commands answer at once, or hand a job to the :class:`Scheduler`), forwards
-replies that worker threads push over an inproc socket, and runs periodic
+replies that worker threads leave in an outbox (waking it through a socketpair), and runs periodic
 housekeeping on its tick.  Signal handlers only enqueue a command and wake the
 loop through ``signal.set_wakeup_fd``; the loop does the work, so SIGTERM runs
 exactly the code of ``edged ctl quit`` and SIGHUP that of ``edged ctl reload``.
@@ -43,8 +43,6 @@ from edged.states import DaemonState
 
 log = logging.getLogger("edged.server")
 
-REPLIES_ENDPOINT = "inproc://edged-replies"
-_ROUTE = {"predict": b"p", "control": b"c"}
 
 
 class Job:
@@ -88,8 +86,7 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.metrics_server: Any = None
         self._events: deque[dict[str, Any]] = deque()
-        self._local = threading.local()
-        self._thread_sockets: list[zmq.Socket] = []
+        self._outbox: deque[tuple[str, list[Any], bytes, list[Any]]] = deque()
         self.watcher: RepositoryWatcher | None = None
         self.watchdog_gate: WatchdogGate | None = None
         self.events_sock: zmq.Socket | None = None
@@ -117,8 +114,6 @@ class Daemon:
             self.events_sock = self._bind("events", cfg.events_endpoint, cfg.server.predict_socket_mode, zmq.PUB)
         self.predict_sock = self._bind("predict", cfg.endpoint, cfg.server.predict_socket_mode)
         self.control_sock = self._bind("control", cfg.control_endpoint, cfg.server.control_socket_mode)
-        self.replies = self.ctx.socket(zmq.PULL)
-        self.replies.bind(REPLIES_ENDPOINT)
         self.watcher = None
         if cfg.repository.watch:
             self.watcher = RepositoryWatcher(self.models.root, self.clock, self.wake)
@@ -214,7 +209,6 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(self.predict_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
-        poller.register(self.replies, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
         tick = self.config.server.tick_s
         while True:
@@ -262,8 +256,7 @@ class Daemon:
                         pass  # refused and logged by reload(); the running config stays
                 else:
                     self.request_stop(cmd.split(":", 1)[1])
-            if self.replies in events:
-                self._forward_replies()
+            self._flush_outbox()
             self._send_events()
             for endpoint, sock in (("control", self.control_sock), ("predict", self.predict_sock)):
                 if sock in events:
@@ -287,11 +280,9 @@ class Daemon:
         self.models.close()
         for t in self._workers:
             t.join(timeout=max(0.1, self.config.server.grace_period_s))
-        for push in self._thread_sockets:
-            push.close(linger=0)
-        self._forward_replies()
+        self._flush_outbox()
         self._send_events()
-        for sock in (self.predict_sock, self.control_sock, self.replies, self.events_sock):
+        for sock in (self.predict_sock, self.control_sock, self.events_sock):
             if sock is not None:
                 sock.close(linger=500)
         self.ctx.term()
@@ -367,34 +358,21 @@ class Daemon:
         except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY) or shutting down
             log.debug("reply dropped: %s", exc)
 
-    def _forward_replies(self) -> None:
-        while self.replies.get(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                frames = self.replies.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            endpoint = "predict" if frames[0].bytes == b"p" else "control"
-            n_env = int(frames[1].bytes)
-            self._send(endpoint, frames[2:2 + n_env], frames[2 + n_env], frames[3 + n_env:])
+    def _flush_outbox(self) -> None:
+        # Replies computed by workers and the swap thread; only this (main) thread
+        # touches the sockets.  deque.append/popleft are atomic, so no lock.
+        while self._outbox:
+            endpoint, envelope, header, frames = self._outbox.popleft()
+            self._send(endpoint, envelope, header, frames)
 
-    def post(self, push: zmq.Socket, req: Request, header: dict[str, Any], arrays: list[Any] = ()) -> None:
-        """Send a reply from a worker/background thread via its own PUSH socket."""
+    def post(self, req: Request, header: dict[str, Any], arrays: list[Any] = ()) -> None:
+        """Reply from a worker or background thread: queue it and wake the main loop."""
         header.setdefault("v", protocol.PROTOCOL_VERSION)
         header.setdefault("id", req.id)
         header.setdefault("op", req.op)
         header.setdefault("ok", True)
-        push.send_multipart([_ROUTE[req.endpoint], str(len(req.envelope)).encode(), *req.envelope,
-                             protocol.dumps(header), *arrays], copy=False)
-
-    def post_threadsafe(self, req: Request, header: dict[str, Any]) -> None:
-        """Reply from any non-main thread (swap results): a PUSH socket per thread."""
-        push = getattr(self._local, "push", None)
-        if push is None:
-            push = self._local.push = self.ctx.socket(zmq.PUSH)
-            push.setsockopt(zmq.LINGER, 1000)
-            push.connect(REPLIES_ENDPOINT)
-            self._thread_sockets.append(push)
-        self.post(push, req, header)
+        self._outbox.append((req.endpoint, req.envelope, protocol.dumps(header), list(arrays)))
+        self.wake()
 
     def wake(self) -> None:
         """Make the main loop turn now (from any thread or a signal handler)."""
@@ -428,9 +406,9 @@ class Daemon:
 
         def done(result: dict[str, Any] | None, error: BaseException | None) -> None:
             if error is not None:
-                self.post_threadsafe(req, error_reply(req.id, req.op, error))
+                self.post(req, error_reply(req.id, req.op, error))
             else:
-                self.post_threadsafe(req, dict(result or {"changed": False}))
+                self.post(req, dict(result or {"changed": False}))
 
         model = req.header.get("model")
         if kind == "pin":
@@ -466,31 +444,25 @@ class Daemon:
             raise
 
     def _worker(self, worker_id: int) -> None:
-        push = self.ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 0)
-        push.connect(REPLIES_ENDPOINT)
-        try:
-            while True:
-                job = self.scheduler.get()
-                if job is None:
-                    return
-                try:
-                    header, arrays = self._process(worker_id, job)
-                except Exception as exc:
-                    header, arrays = error_reply(job.req.id, job.req.op, exc), []
-                    code = header["error"]["code"]
-                    if code == ErrorCode.DEADLINE_EXCEEDED.value:
-                        self.stats.shed(job.model.name, job.model.version)
-                    else:
-                        self.stats.observe(job.model.name, job.model.version, error=code)
-                    if not isinstance(exc, (RequestError, RetryableError)):
-                        self.models.record(job.model, False, None, None)  # the model failed, not the request
-                finally:
-                    self.busy_since[worker_id] = None
-                    self.scheduler.done()
-                self.post(push, job.req, header, arrays)
-        finally:
-            push.close()
+        while True:
+            job = self.scheduler.get()
+            if job is None:
+                return
+            try:
+                header, arrays = self._process(worker_id, job)
+            except Exception as exc:
+                header, arrays = error_reply(job.req.id, job.req.op, exc), []
+                code = header["error"]["code"]
+                if code == ErrorCode.DEADLINE_EXCEEDED.value:
+                    self.stats.shed(job.model.name, job.model.version)
+                else:
+                    self.stats.observe(job.model.name, job.model.version, error=code)
+                if not isinstance(exc, (RequestError, RetryableError)):
+                    self.models.record(job.model, False, None, None)  # the model failed, not the request
+            finally:
+                self.busy_since[worker_id] = None
+                self.scheduler.done()
+            self.post(job.req, header, arrays)
 
     def _process(self, worker_id: int, job: Job) -> tuple[dict[str, Any], list[Any]]:
         req, model = job.req, job.model

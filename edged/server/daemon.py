@@ -445,7 +445,7 @@ class Daemon:
 
     def _worker(self, worker_id: int) -> None:
         while True:
-            job = self.scheduler.get()
+            job = self.scheduler.get(worker_id)
             if job is None:
                 return
             try:

@@ -36,29 +36,54 @@ class Scheduler:
             if sum(len(q) for q in self._queues.values()) >= self.queue_size:
                 raise Throttled(f"queue full ({self.queue_size} waiting)", retry_after_ms=retry_after_ms)
             self._queues[priority].append(job)
-            self._cond.notify()
+            self._wake()
 
-    def get(self) -> Any | None:
-        """Block until a job is available and the concurrency bound allows; None once closed."""
+    def get(self, worker_id: int | None = None) -> Any | None:
+        """Block until ``worker_id`` may take a job and one is queued; None once closed."""
         with self._cond:
             while True:
                 if self._closed:
                     return None
-                if self.max_active is None or self.active < self.max_active:
-                    for p in _ORDER:
-                        if self._queues[p]:
-                            self.active += 1
-                            return self._queues[p].popleft()
+                job = self._take(worker_id)
+                if job is not None:
+                    return job
                 self._cond.wait()
+
+    def try_get(self, worker_id: int | None = None) -> Any | None:
+        """Like :meth:`get` without blocking: the next job ``worker_id`` may take now, or None."""
+        with self._cond:
+            return None if self._closed else self._take(worker_id)
+
+    def _take(self, worker_id: int | None) -> Any | None:
+        # Under a concurrency bound only workers 0 .. max_active-1 take jobs.  The
+        # governor keeps each worker's duty-cycle cool-down by id, so letting any
+        # free thread take the next job would let two threads alternate on one
+        # slot and run it at up to workers x the duty cap.
+        bound = self.max_active
+        if bound is not None and (self.active >= bound or (worker_id is not None and worker_id >= bound)):
+            return None
+        for p in _ORDER:
+            if self._queues[p]:
+                self.active += 1
+                return self._queues[p].popleft()
+        return None
 
     def done(self) -> None:
         with self._cond:
             self.active -= 1
-            self._cond.notify()
+            self._wake()
 
     def set_max_active(self, value: int | None) -> None:
         with self._cond:
             self.max_active = value
+            self._cond.notify_all()
+
+    def _wake(self) -> None:
+        # With a bound, the one thread notify() picks may be a worker that must not
+        # take the job, so every waiter is woken (there are only ``workers`` of them).
+        if self.max_active is None:
+            self._cond.notify()
+        else:
             self._cond.notify_all()
 
     def idle(self) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 
 from edged.errors import EdgedError, ErrorCode, ModelError
 from edged.repository import layout
+from edged.runtime.model import LITE_MODEL
 
 
 def static_checks(path: Path) -> dict[str, Any] | None:
@@ -121,16 +122,59 @@ def run_checks(path: Path, runtime: str = "auto", delegate: str = "auto") -> dic
             for j, out in enumerate(result.outputs):
                 _finite(out, f"generated input, output {j}")
             samples += 1
-    return {"ok": True, "contract": contract, "samples": samples, "golden": bool(golden),
-            "runtime": backend.describe(), "delegate": model.delegate}
+    report = {"ok": True, "contract": contract, "samples": samples, "golden": bool(golden),
+              "runtime": backend.describe(), "delegate": model.delegate}
+    if (path / LITE_MODEL).is_file():
+        report["lite"] = _check_lite(path, backend, delegate, manifest, contract)
+    return report
+
+
+def _check_lite(path: Path, backend: Any, delegate: str, manifest: dict[str, Any] | None,
+                contract: dict[str, Any]) -> dict[str, Any]:
+    """The power-saving variant must load, keep the contract and give finite outputs.
+
+    Golden samples belong to ``model.tflite`` (a lighter model answers a little
+    differently), so the lite file is run on generated inputs only.
+    """
+    from edged.runtime.model import LoadedModel, LoadSpec
+
+    try:
+        lite = LoadedModel.load(LoadSpec(path.parent.name, path.name, path, backend, delegate=delegate, workers=1,
+                                         variant="lite", manifest=manifest))
+    except EdgedError as exc:
+        raise ModelError(f"{LITE_MODEL}: {exc.message}", code=ErrorCode.VALIDATION_FAILED) from None
+    if not same_contract(lite.contract(), contract):
+        raise ModelError(f"{LITE_MODEL} has a different contract from {layout.MODEL_FILE} "
+                         f"({_contract_key(lite.contract())} vs {_contract_key(contract)})",
+                         code=ErrorCode.VALIDATION_FAILED)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        result = lite.run([_random_input(rng, t) for t in lite.inputs])
+        for j, out in enumerate(result.outputs):
+            _finite(out, f"{LITE_MODEL}: generated input, output {j}")
+    return {"ok": True, "delegate": lite.delegate}
 
 
 def _contract_key(contract: dict[str, Any]) -> list[Any]:
-    return [[(t.get("dtype"), list(t.get("shape", []))) for t in contract.get(k, [])] for k in ("inputs", "outputs")]
+    return [[_tensor_key(t) for t in contract.get(k, [])] for k in ("inputs", "outputs")]
+
+
+def _tensor_key(t: dict[str, Any]) -> tuple[Any, ...]:
+    key: tuple[Any, ...] = (t.get("dtype"), list(t.get("shape", [])))
+    if np.dtype(t.get("dtype") or "float32").kind in "iu":
+        # A client that quantizes its inputs (or dequantizes outputs) with the
+        # published scale/zero point would get silently wrong answers if they moved.
+        q = t.get("quantization") or {}
+        key += (float(f"{float(q.get('scale', 0.0)):.6g}"), int(q.get("zero_point", 0)))
+    return key
 
 
 def same_contract(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Inputs/outputs have the same dtypes and shapes (names and quantization may change)."""
+    """Inputs/outputs have the same dtypes, shapes and, for integer tensors, quantization.
+
+    Tensor names may change (converters rename them); a float tensor's quantization
+    parameters mean nothing to a client and are not compared.
+    """
     return _contract_key(a) == _contract_key(b)
 
 

@@ -103,6 +103,9 @@ class ModelSlot:
     errors: dict[str, str] = field(default_factory=dict)  # version -> why it was not loaded
     rejected: dict[str, tuple[Any, str]] = field(default_factory=dict)  # version -> (fingerprint, why)
     pending: str | None = None  # version queued for a swap
+    # The lite variant enters the process only after a child validated it:
+    lite_ok: dict[str, Any] = field(default_factory=dict)  # version -> fingerprint validated
+    lite_rejected: dict[str, tuple[Any, str]] = field(default_factory=dict)  # version -> (fingerprint, why)
     deferred: str | None = None  # candidate held back by the power profile
 
 
@@ -181,8 +184,9 @@ class ModelManager:
                 log.error("%s/%s: %s; serving the last committed version", name, prob.version, why)
                 self.state.mark_bad(name, prob.version, why)
                 self.state.update(name, probation=None)
-                self.emit({"event": "rollback", "model": name, "version": prob.version, "reason": why})
                 preferred = st.committed or prob.previous
+                self.emit({"event": "rollback", "model": name, "version": preferred, "from": prob.version,
+                           "reason": why})
             else:
                 prob.attempts += 1
                 self.state.update(name, probation=prob)
@@ -297,8 +301,11 @@ class ModelManager:
                     reason = "deferred: the power profile does not allow updates now"
             if version in slot.errors and state is VersionState.AVAILABLE:
                 state, reason = VersionState.REJECTED, slot.errors[version]
-            rows.append({"version": version, "state": state.value, "reason": reason,
-                         "committed": version == st.committed, "pinned": version == st.pinned})
+            row = {"version": version, "state": state.value, "reason": reason,
+                   "committed": version == st.committed, "pinned": version == st.pinned}
+            if version in slot.lite_rejected:
+                row["lite_rejected"] = slot.lite_rejected[version][1]
+            rows.append(row)
         return {"model": slot.name, "serving": slot.serving.version if slot.serving else None,
                 "committed": st.committed, "pinned": st.pinned, "versions": rows}
 
@@ -403,7 +410,7 @@ class ModelManager:
                 slot = self.slots.get(op.model)
                 if slot is not None and op.kind == "swap" and slot.pending == op.version:
                     slot.pending = None
-            if error is not None and op.reason == "auto":
+            if error is not None and (op.reason == "auto" or op.kind == "variant"):
                 log.error("%s/%s refused: %s", op.model, op.version, getattr(error, "message", error))
             if op.done is not None:
                 op.done(result, error)
@@ -437,6 +444,8 @@ class ModelManager:
             self.emit({"event": "rejected", "model": name, "version": version, "reason": exc.message})
             raise
         validate_s = time.monotonic() - t0
+        if report.get("lite"):
+            slot.lite_ok[version] = fingerprint
         previous = slot.serving
         # The boot counter goes to disk before the candidate enters this process.  A
         # rollback always returns to the last *committed* version: a version that is
@@ -488,7 +497,14 @@ class ModelManager:
             target = older[-1] if older else None
         if target is None or target == bad_version:
             raise RetryableError(f"{name}: no earlier good version to roll back to", code=ErrorCode.INVALID_STATE)
-        new = slot.previous if slot.previous is not None and slot.previous.version == target else self.load(name, target)
+        if slot.previous is not None and slot.previous.version == target:
+            new = slot.previous
+        else:
+            # The lite file of a version not validated in this process stays out until
+            # the variant op below has validated it in a child.
+            lite = self.variant == "lite" and slot.lite_ok.get(target) == self._fingerprint(
+                layout.version_dir(self.root, name, target))
+            new = self.load(name, target, variant="lite" if lite else "full")
         with self._lock:
             slot.probation = None
             old = slot.serving
@@ -502,6 +518,8 @@ class ModelManager:
         event = {"event": "rollback", "model": name, "version": target, "from": bad_version, "reason": why}
         self.emit(event)
         del old
+        if new.spec.variant != self.variant:
+            self._ops.put(_Op("variant", name, reason="power"))
         return event
 
     def _switch_variant(self, name: str) -> dict[str, Any] | None:
@@ -511,6 +529,8 @@ class ModelManager:
             return None
         if not (cur.spec.path / LITE_MODEL).is_file():
             return None  # nothing to switch to; the full model keeps serving
+        if self.variant == "lite" and not self._lite_validated(slot, cur.version, cur.spec.path):
+            return None
         new = self.load(name, cur.version, variant=self.variant)
         check_spec = new.contract()
         if not check.same_contract(check_spec, cur.contract()):
@@ -522,6 +542,31 @@ class ModelManager:
         log.info("%s/%s: now serving the %s variant (%s)", name, cur.version, self.variant, new.model_file.name)
         self.emit(event)
         return event
+
+    def _lite_validated(self, slot: ModelSlot, version: str, path: Path) -> bool:
+        """Validate ``version`` (with its lite file) in a child unless already done; False = keep full.
+
+        A lite file that crashes the runtime must crash the child, not the daemon:
+        the daemon may restart in the same power profile and would crash again.
+        """
+        fingerprint = self._fingerprint(path)
+        if slot.lite_ok.get(version) == fingerprint:
+            return True
+        rejected = slot.lite_rejected.get(version)
+        if rejected is not None and rejected[0] == fingerprint:
+            return False  # reported when it was found
+        try:
+            check.validate_in_child(path, runtime=self.backend.name, delegate=self.config.runtime.delegate,
+                                    timeout=self.config.repository.validation_timeout_s)
+        except EdgedError as exc:
+            slot.lite_rejected[version] = (fingerprint, exc.message)
+            log.error("%s/%s: not switching to %s: %s; the full model keeps serving",
+                      slot.name, version, LITE_MODEL, exc.message)
+            self.emit({"event": "rejected", "model": slot.name, "version": version, "variant": "lite",
+                       "reason": exc.message})
+            return False
+        slot.lite_ok[version] = fingerprint
+        return True
 
     def set_variant(self, variant: str) -> None:
         """Serve ``variant`` ("full"/"lite") for every model whose version has it."""
@@ -584,6 +629,11 @@ class ModelManager:
 
 def _contract_text(contract: dict[str, Any]) -> str:
     def side(ts: list[dict[str, Any]]) -> str:
-        return ",".join(f"{t['dtype']}{list(t['shape'])}" for t in ts)
+        def one(t: dict[str, Any]) -> str:
+            q = t.get("quantization") or {}
+            quant = f"(q {q.get('scale', 0):.6g},{q.get('zero_point', 0)})" if t["dtype"][:3] in ("uin", "int") else ""
+            return f"{t['dtype']}{list(t['shape'])}{quant}"
+
+        return ",".join(one(t) for t in ts)
 
     return f"{side(contract['inputs'])} -> {side(contract['outputs'])}"

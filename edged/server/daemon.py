@@ -103,10 +103,11 @@ class Daemon:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.models = ModelManager(cfg, self.backend, clock=self.clock, emit=self.publish)
-        self.models.start()
+        # Stats before models: a rollback at boot (crash during probation) is published and counted.
         self.scheduler = Scheduler(cfg.server.queue_size)
         self.stats = Stats(queue_depth=self.scheduler.depth)
+        self.models = ModelManager(cfg, self.backend, clock=self.clock, emit=self.publish)
+        self.models.start()
         self.power = PowerController(cfg.power, self.clock, self)
         self.ctx = zmq.Context()
         self.events_sock = None

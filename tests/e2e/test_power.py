@@ -193,3 +193,29 @@ def test_throttled_is_typed_and_retry_is_opt_in(daemon_factory, lite_repo, tmp_p
         results = [c.predict(DARK, retry_throttled=50) for _ in range(4)]
     assert all(r.version == "v1" for r in results)
     assert np.isfinite(results[-1].outputs[0]).all()
+
+
+def test_broken_lite_file_is_refused_in_a_child_and_the_full_model_keeps_serving(daemon_factory, lite_repo,
+                                                                                   tmp_path):
+    # v1 starts without child validation (it is what serves); its lite file is garbage
+    # whose hash the manifest records, as a bad publish by other means would be.
+    from edged.repository.manifest import file_entry, load_manifest, write_manifest
+
+    vdir = lite_repo / "m" / "v1"
+    (vdir / "model_lite.tflite").write_bytes(b"\0" * 64)
+    manifest = load_manifest(vdir)
+    manifest.files["model_lite.tflite"] = file_entry(vdir / "model_lite.tflite")
+    write_manifest(vdir, manifest)
+    sensor = tmp_path / "ups.json"
+    write_sensor(sensor, battery_percent=90, on_ac=True)
+    d = daemon_factory(lite_repo, "--config", str(power_config(tmp_path, sensor)))
+    full_out = local(lite_repo, "v1").run([DARK]).outputs[0].tobytes()
+    assert d.cli("ctl", "power", "--profile", "powersave", "--for", "10m").returncode == 0
+    wait_until(lambda: "lite_rejected" in versions(d)["versions"][0], "lite variant rejected", daemon=d)
+    row = versions(d)["versions"][0]
+    assert row["state"] in ("serving", "probation") and row["lite_rejected"].startswith("model_lite.tflite: ")
+    with d.client() as c:
+        r = c.predict(DARK, priority="high")
+        assert (r.version, r.header["variant"], r.profile) == ("v1", "full", "powersave")
+        assert r.outputs[0].tobytes() == full_out
+    assert "not switching to model_lite.tflite" in d.log()

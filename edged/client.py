@@ -30,6 +30,10 @@ from edged import protocol
 from edged.errors import ErrorCode, Throttled, TransportError, from_wire
 
 
+#: Where the systemd unit's daemon listens (RuntimeDirectory=edged).
+SYSTEM_RUNTIME_DIR = "/run/edged"
+
+
 def _runtime_dir() -> str:
     # Mirrors edged.config.runtime_dir without importing the daemon's config module.
     if os.environ.get("RUNTIME_DIRECTORY"):
@@ -39,12 +43,28 @@ def _runtime_dir() -> str:
     return f"/tmp/edged-{os.getuid()}"
 
 
-def default_endpoint() -> str:
-    return os.environ.get("EDGED_ENDPOINT") or f"ipc://{_runtime_dir()}/edged.sock"
+def _default(env: str, sock: str, system_dir: str) -> str:
+    """``$env``, else the daemon's own default for this user, else the system daemon's socket.
+
+    A user's own daemon wins when its socket exists; otherwise a daemon run by
+    systemd (``/run/edged``) is found without flags, which is what ``sudo edged
+    ctl status`` and an app running as another user need.
+    """
+    if os.environ.get(env):
+        return os.environ[env]
+    own = os.path.join(_runtime_dir(), sock)
+    system = os.path.join(system_dir, sock)
+    if not os.path.exists(own) and os.path.exists(system):
+        return f"ipc://{system}"
+    return f"ipc://{own}"
 
 
-def default_control_endpoint() -> str:
-    return os.environ.get("EDGED_CONTROL_ENDPOINT") or f"ipc://{_runtime_dir()}/control.sock"
+def default_endpoint(system_dir: str = SYSTEM_RUNTIME_DIR) -> str:
+    return _default("EDGED_ENDPOINT", "edged.sock", system_dir)
+
+
+def default_control_endpoint(system_dir: str = SYSTEM_RUNTIME_DIR) -> str:
+    return _default("EDGED_CONTROL_ENDPOINT", "control.sock", system_dir)
 
 
 @dataclass

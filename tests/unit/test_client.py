@@ -110,3 +110,28 @@ def test_request_header_shape(server_factory):
     assert h["op"] == "predict" and h["model"] == "digits" and h["deadline_ms"] == 50 and h["priority"] == "high"
     assert h["top_k"] == 2 and h["inputs"] == [{"name": "image", "dtype": "uint8", "shape": [1, 3]}]
     c.close()
+
+
+def test_default_endpoints_fall_back_to_the_system_daemon(tmp_path, monkeypatch):
+    from edged.client import default_control_endpoint, default_endpoint
+
+    for var in ("EDGED_ENDPOINT", "EDGED_CONTROL_ENDPOINT", "RUNTIME_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    system = tmp_path / "run-edged"
+    own = tmp_path / "xdg" / "edged"
+    # nothing running anywhere: the user's own default, as before
+    assert default_endpoint(str(system)) == f"ipc://{own}/edged.sock"
+    # only the systemd daemon's sockets exist (sudo edged ctl status, an app of another user)
+    system.mkdir()
+    (system / "edged.sock").touch()
+    (system / "control.sock").touch()
+    assert default_endpoint(str(system)) == f"ipc://{system}/edged.sock"
+    assert default_control_endpoint(str(system)) == f"ipc://{system}/control.sock"
+    # a daemon of the user's own wins
+    own.mkdir(parents=True)
+    (own / "control.sock").touch()
+    assert default_control_endpoint(str(system)) == f"ipc://{own}/control.sock"
+    # and the environment wins over both
+    monkeypatch.setenv("EDGED_CONTROL_ENDPOINT", "ipc:///elsewhere.sock")
+    assert default_control_endpoint(str(system)) == "ipc:///elsewhere.sock"

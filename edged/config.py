@@ -244,6 +244,12 @@ def _validate(config: Config) -> None:
         check_endpoint("server.events_endpoint", config.events_endpoint, config.server.allow_remote)
     if config.endpoint == config.control_endpoint:
         raise ConfigError("server.control_endpoint", config.control_endpoint, "must differ from server.endpoint")
+    if config.server.metrics_endpoint:
+        check_http_endpoint("server.metrics_endpoint", config.server.metrics_endpoint, config.server.allow_remote)
+    for key in ("predict_socket_mode", "control_socket_mode"):
+        mode = getattr(config.server, key)
+        if not 0 <= mode <= 0o777:
+            raise ConfigError(f"server.{key}", mode, "must be a permission mode between 0o000 and 0o777")
     for name, over in config.repository.models.items():
         prefix = f"repository.models.{name}"
         if not isinstance(over, dict):
@@ -261,6 +267,19 @@ def _validate(config: Config) -> None:
         raise ConfigError(exc.key, exc.value, exc.reason) from None
 
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_http_endpoint(key: str, endpoint: str, allow_remote: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``endpoint`` is ``host:port`` (loopback unless allowed)."""
+    host, sep, port = endpoint.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(key, endpoint, "expected host:port with a port 1-65535, e.g. 127.0.0.1:9101")
+    if not allow_remote and host not in _LOOPBACK and not host.startswith("127."):
+        raise ConfigError(key, endpoint, "must be a loopback address unless server.allow_remote = true")
+
+
 def check_endpoint(key: str, endpoint: str, allow_remote: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``endpoint`` is ipc:// or (loopback) tcp://."""
     if endpoint.startswith("ipc://"):
@@ -269,7 +288,7 @@ def check_endpoint(key: str, endpoint: str, allow_remote: bool = False) -> None:
         return
     if endpoint.startswith("tcp://"):
         host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-        if not allow_remote and host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+        if not allow_remote and host not in _LOOPBACK and not host.startswith("127."):
             raise ConfigError(key, endpoint, "TCP must bind a loopback address unless server.allow_remote = true")
         return
     raise ConfigError(key, endpoint, "must start with ipc:// or tcp://")

@@ -130,8 +130,12 @@ class Daemon:
             self.add_timer("watchdog", interval, lambda now: self.watchdog_gate.maybe_ping(self.notifier, now))
         if cfg.server.metrics_endpoint:
             host, _, port = cfg.server.metrics_endpoint.rpartition(":")
-            self.metrics_server = serve_metrics(host.strip("[]") or "127.0.0.1", int(port),
-                                                lambda: prometheus_text(self.stats_snapshot()))
+            try:
+                self.metrics_server = serve_metrics(host.strip("[]"), int(port),
+                                                    lambda: prometheus_text(self.stats_snapshot()))
+            except OSError as exc:
+                raise EdgedError(f"cannot serve metrics on {cfg.server.metrics_endpoint}: {exc.strerror or exc}",
+                                 code=ErrorCode.CONFIG_INVALID) from None
         for i in range(cfg.server.workers):
             self.busy_since[i] = None
             t = threading.Thread(target=self._worker, args=(i,), name=f"edged-worker-{i}", daemon=True)
@@ -271,6 +275,27 @@ class Daemon:
                     except Exception:
                         log.exception("periodic job %s failed", t.name)
 
+    def _abort_startup(self) -> None:
+        """Undo a failed startup: no socket file or thread of a daemon that never ran is left."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        if hasattr(self, "scheduler"):
+            self.scheduler.close()
+        if hasattr(self, "models"):
+            self.models.close()
+        for sock in (getattr(self, "predict_sock", None), getattr(self, "control_sock", None), self.events_sock):
+            if sock is not None:
+                sock.close(linger=0)
+        if hasattr(self, "ctx"):
+            self.ctx.term()
+        for path in self._ipc_files:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
     def shutdown(self) -> None:
         """Stop workers, flush replies, close sockets and remove ipc files."""
         if self.watcher is not None:
@@ -299,7 +324,11 @@ class Daemon:
 
     def run(self) -> None:
         """startup → main_loop → shutdown, with signal handlers installed."""
-        self.startup()
+        try:
+            self.startup()
+        except BaseException:
+            self._abort_startup()
+            raise
         old = self.install_signal_handlers()
         try:
             self.main_loop()

@@ -6,6 +6,7 @@ import json
 import socket
 import stat
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,19 @@ def test_prometheus_text_parses_and_http_endpoint_serves_it(daemon_factory, repo
     assert errors and errors[0].value == 1
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert {f.name for f in text_string_to_metric_families(body)} >= {"edged_requests", "edged_request_latency_seconds"}
+
+
+def test_metrics_port_in_use_is_a_clear_startup_error_that_leaves_no_socket_files(daemon_factory, repo, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = tmp_path / "edged.toml"
+        cfg.write_text(f'[server]\nmetrics_endpoint = "127.0.0.1:{taken.getsockname()[1]}"\n')
+        d = daemon_factory(repo, "--config", str(cfg), ready=False)
+        assert d.proc.wait(60) == 7  # CONFIG_INVALID, not a traceback
+    assert "cannot serve metrics on 127.0.0.1:" in d.log() and "Traceback" not in d.log()
+    for endpoint in (d.endpoint, d.control_endpoint):
+        assert not Path(endpoint[len("ipc://"):]).exists(), endpoint
 
 
 def test_json_logs(daemon_factory, repo):

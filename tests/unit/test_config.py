@@ -44,6 +44,11 @@ def test_file_then_overrides(tmp_path):
         ('[repository.models.digits]\nactivation = "later"\n', "repository.models.digits.activation", "'later'"),
         ('[server]\nendpoint = "tcp://0.0.0.0:5555"\n', "server.endpoint", "0.0.0.0"),
         ('[server]\nendpoint = "udp://x"\n', "server.endpoint", "udp://x"),
+        ('[server]\nmetrics_endpoint = "abc"\n', "server.metrics_endpoint", "abc"),
+        ('[server]\nmetrics_endpoint = "127.0.0.1:70000"\n', "server.metrics_endpoint", "70000"),
+        ('[server]\nmetrics_endpoint = "0.0.0.0:9101"\n', "server.metrics_endpoint", "0.0.0.0:9101"),
+        ('[server]\npredict_socket_mode = 99999\n', "server.predict_socket_mode", "99999"),
+        ('[server]\ncontrol_socket_mode = -1\n', "server.control_socket_mode", "-1"),
     ],
 )
 def test_bad_values_name_key_and_value(tmp_path, text, key, value):
@@ -64,6 +69,9 @@ def test_loopback_tcp_allowed_and_remote_needs_opt_in(tmp_path):
     assert cfg.endpoint == "tcp://127.0.0.1:5555"
     cfg = config.load(write(tmp_path, '[server]\nendpoint = "tcp://0.0.0.0:5555"\nallow_remote = true\n'))
     assert cfg.endpoint.startswith("tcp://0.0.0.0")
+    cfg = config.load(write(tmp_path, '[server]\nmetrics_endpoint = "[::]:9101"\nallow_remote = true\n'))
+    assert cfg.server.metrics_endpoint == "[::]:9101"
+    assert config.load(write(tmp_path, '[server]\nmetrics_endpoint = "localhost:9101"\n')).server.metrics_endpoint
 
 
 def test_per_model_policy_overrides(tmp_path):

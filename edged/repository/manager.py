@@ -226,10 +226,11 @@ class ModelManager:
         if layout.current_link(model_dir) != m.version:
             layout.set_current(model_dir, m.version)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the swap thread; one still validating after ``timeout`` is abandoned (daemon thread)."""
         if self._thread is not None:
             self._ops.put(None)
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
             self._thread = None
 
     # -- lookups -----------------------------------------------------------------------------

@@ -58,6 +58,10 @@ class Job:
         self.wait = wait
 
 
+#: Seconds shutdown waits for the worker and swap threads after the grace period.
+_JOIN_S = 2.0
+
+
 class _Timer:
     __slots__ = ("interval", "fn", "due", "name")
 
@@ -302,10 +306,18 @@ class Daemon:
             self.watcher.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        # Past the grace period: what never started is answered, not dropped.
+        for job in self.scheduler.drain():
+            self.stats.shed(job.model.name, job.model.version)
+            self.post(job.req, error_reply(job.req.id, job.req.op,
+                                           RetryableError("daemon stopped before this request could run")))
         self.scheduler.close()
-        self.models.close()
+        self.models.close(timeout=_JOIN_S)
+        # Workers that are not stuck in invoke() exit at once; a stuck one is
+        # abandoned (daemon thread) so the stop stays within TimeoutStopSec.
+        until = time.monotonic() + _JOIN_S
         for t in self._workers:
-            t.join(timeout=max(0.1, self.config.server.grace_period_s))
+            t.join(timeout=max(0.0, until - time.monotonic()))
         self._flush_outbox()
         self._send_events()
         for sock in (self.predict_sock, self.control_sock, self.events_sock):

@@ -90,6 +90,14 @@ class Scheduler:
         with self._cond:
             return self.active == 0 and not any(self._queues.values())
 
+    def drain(self) -> list[Any]:
+        """Remove and return every queued job (highest priority first); running ones are not touched."""
+        with self._cond:
+            jobs = [job for p in _ORDER for job in self._queues[p]]
+            for q in self._queues.values():
+                q.clear()
+            return jobs
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

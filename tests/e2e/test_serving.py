@@ -14,6 +14,7 @@ import zmq
 from edged import protocol
 from edged.errors import ErrorCode, NotFoundError, RequestError
 from edged.runtime.model import LoadedModel, LoadSpec
+from edged.testing import tflite_build as tb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.runtime]
 
@@ -173,6 +174,33 @@ def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(daemon, re
     outcomes = {r["ok"] or r["error"]["code"] for r in replies}
     assert outcomes <= {True, "SHUTTING_DOWN"} and True in outcomes
     assert not (sockdir / "p.sock").exists() and not (sockdir / "c.sock").exists(), "ipc files removed"
+
+
+def test_requests_not_started_when_the_grace_period_ends_are_answered_shutting_down(daemon_factory, tmp_path):
+    from tests.e2e.repohelpers import publish
+
+    repo = tmp_path / "slow-repo"
+    publish(repo, "v1", tb.slow_model(size=64, depth=4), tmp=tmp_path)
+    d = daemon_factory(repo, "--workers", "1", "--set", "server.grace_period_s=0")
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(d.endpoint)
+    n = 20
+    header = {"v": 1, "op": "predict", "inputs": [protocol.tensor_meta(x)]}
+    for i in range(n):
+        sock.send_multipart([json.dumps({**header, "id": i}).encode(), x.tobytes()])
+    assert sock.poll(30_000)
+    replies = [json.loads(sock.recv_multipart()[0])]  # the first is computed: all are queued now
+    d.send_signal(signal.SIGTERM)
+    while len(replies) < n and sock.poll(30_000):
+        replies.append(json.loads(sock.recv_multipart()[0]))
+    sock.close()
+    assert d.stop(sig=None) == 0
+    assert sorted(r["id"] for r in replies) == list(range(n)), "every request got an answer, none was dropped"
+    codes = [r["ok"] or r["error"]["code"] for r in replies]
+    assert set(codes) <= {True, "SHUTTING_DOWN"} and "SHUTTING_DOWN" in codes
+    assert "daemon stopped before this request could run" in json.dumps(replies)
 
 
 def test_ctl_quit_is_the_same_as_sigterm(daemon):

@@ -121,3 +121,12 @@ def test_duty_cap_holds_per_slot_with_more_workers_than_slots(duty: float, max_c
 
 def test_unbounded_slots_run_flat_out_at_duty_one() -> None:
     assert simulate_slot_duty(workers=2, max_concurrency=2, duty=1.0) == pytest.approx(5 / 5.3, rel=0.02)
+
+
+def test_drain_returns_queued_jobs_in_priority_order_and_leaves_running_ones() -> None:
+    s = Scheduler(queue_size=10)
+    for job, prio in (("n1", "normal"), ("running", "high"), ("l1", "low"), ("h1", "high"), ("n2", "normal")):
+        s.submit(job, prio)
+    assert s.try_get(0) == "running"
+    assert s.drain() == ["h1", "n1", "n2", "l1"]
+    assert s.depth() == 0 and s.active == 1 and not s.idle()

@@ -6,10 +6,12 @@ API
     A frozen snapshot.  Every field is ``None`` when unknown; the policy never
     fires a rule on an unknown value.  ``value(field)`` is what the rule
     language reads (see :data:`NUMERIC_FIELDS` and :data:`BOOL_FIELDS`).
-``PsutilSource(ps=None, clock=None, thermal_zones=())``
+``PsutilSource(ps=None, clock=None, thermal_zones=(), sysfs_root="/sys")``
     psutil's ``sensors_battery``, ``sensors_temperatures``,
     ``cpu_percent(interval=None)`` and ``getloadavg``.  ``ps`` is any object
     with those attributes (default: the psutil module), so tests pass fakes.
+    psutil has no throttling flags, so the Raspberry Pi firmware's
+    ``get_throttled`` is read from ``sysfs_root`` when present.
 ``SysfsSource(root="/sys", proc_root=None, clock=None, thermal_zones=())``
     Linux sysfs: ``class/power_supply/*`` and ``class/thermal/thermal_zone*``,
     plus the Raspberry Pi firmware's ``get_throttled`` bits when present.
@@ -209,7 +211,8 @@ class PsutilSource:
 
     name = "psutil"
 
-    def __init__(self, ps: Any = None, clock: Clock | None = None, thermal_zones: Iterable[str] = ()) -> None:
+    def __init__(self, ps: Any = None, clock: Clock | None = None, thermal_zones: Iterable[str] = (),
+                 sysfs_root: str | os.PathLike[str] = "/sys") -> None:
         if ps is None:
             try:
                 import psutil as ps  # deferred: tests inject fakes and never need it
@@ -218,6 +221,7 @@ class PsutilSource:
         self.ps = ps
         self.clock = clock or Clock()
         self.zones = tuple(thermal_zones)
+        self.throttled_path = Path(sysfs_root) / PI_THROTTLED_PATH
         self.health = _Health(self.name)
         self._primed = False
 
@@ -227,15 +231,21 @@ class PsutilSource:
         temperature = self.health.run("temperature", self._temperature)
         cpu = self.health.run("cpu_percent", self._cpu)
         load = self.health.run("load_avg", self._load)
+        throttled = self.health.run("throttled", self._throttled)
         return Reading(
             battery_percent=battery[0] if battery else None,
             on_ac=battery[1] if battery else None,
             cpu_percent=cpu,
             load_avg=load,
             temperature_c=temperature,
+            throttled=throttled,
             source=self.name,
             taken_at=self.clock.monotonic(),
         )
+
+    def _throttled(self) -> dict[str, bool] | None:
+        raw = _read_text(self.throttled_path)
+        return None if raw is None else decode_throttled(parse_throttled_text(raw))
 
     def _battery(self) -> tuple[float | None, bool | None] | None:
         fn = getattr(self.ps, "sensors_battery", None)
@@ -514,7 +524,7 @@ def make_source(kind: str, sysfs_root: str | os.PathLike[str] = "/sys", file: st
     this only fires for callers that skip the config).
     """
     if kind == "psutil":
-        return PsutilSource(clock=clock, thermal_zones=thermal_zones)
+        return PsutilSource(clock=clock, thermal_zones=thermal_zones, sysfs_root=sysfs_root)
     if kind == "sysfs":
         return SysfsSource(sysfs_root, clock=clock, thermal_zones=thermal_zones)
     if kind == "file":

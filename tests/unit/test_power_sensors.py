@@ -197,16 +197,29 @@ def shwtemp(label: str, current: float):
     return SimpleNamespace(label=label, current=current, high=None, critical=None)
 
 
-def test_psutil_reading() -> None:
+def test_psutil_reading(tmp_path: Path) -> None:
     ps = fake_psutil(battery=SimpleNamespace(percent=28.5, secsleft=3600, power_plugged=False),
                      temps={"coretemp": [shwtemp("Package", 66.0), shwtemp("Core 0", 64.0)],
                             "nvme": [shwtemp("Composite", 41.0)], "bogus": [shwtemp("", 0.0 - 273.0)]})
-    src = PsutilSource(ps, clock=FakeClock())
+    src = PsutilSource(ps, clock=FakeClock(), sysfs_root=tmp_path)  # not a Pi: no get_throttled
     first = src.read()
     assert first.cpu_percent is None  # psutil's first interval=None call is meaningless
     r = src.read()
     assert (r.battery_percent, r.on_ac, r.temperature_c, r.cpu_percent) == (28.5, False, 66.0, 12.5)
     assert r.load_avg == (0.1, 0.2, 0.3) and r.throttled is None and r.source == "psutil"
+
+
+def test_psutil_source_reads_the_pi_throttle_flags_from_sysfs(tmp_path: Path) -> None:
+    # psutil has no throttling API; on a Pi the default source must still see it,
+    # or the shipped rule "throttled -> critical" could never fire.
+    flags = tmp_path / "devices/platform/soc/soc:firmware/get_throttled"
+    flags.parent.mkdir(parents=True)
+    flags.write_text("50005\n")  # under-voltage and throttled now (and since boot)
+    src = PsutilSource(fake_psutil(), clock=FakeClock(), sysfs_root=tmp_path)
+    r = src.read()
+    assert r.is_throttled is True and r.throttled["under_voltage"] is True
+    flags.write_text("50000\n")  # only the "since boot" bits: not throttled now
+    assert src.read().is_throttled is False
 
 
 def test_psutil_missing_sensors(caplog: pytest.LogCaptureFixture) -> None:

@@ -112,10 +112,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with _client(args) as c:
         if kind == "image":
             r = c.predict_image(data, model=args.model, top_k=args.top, priority=args.priority,
-                                deadline_ms=args.deadline_ms)
+                                deadline_ms=args.deadline_ms, wait=args.wait)
         else:
             r = c.predict(data, model=args.model, top_k=args.top, priority=args.priority,
-                          deadline_ms=args.deadline_ms)
+                          deadline_ms=args.deadline_ms, wait=args.wait)
     if args.json:
         out = {"model": r.model, "version": r.version, "delegate": r.delegate, "runtime": r.runtime,
                "profile": r.profile, "timing": r.timing, "top_k": r.top_k,
@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=5, help="top-k labels for classifiers (0: raw outputs)")
     s.add_argument("--priority", choices=["low", "normal", "high"], default=None)
     s.add_argument("--deadline-ms", type=float, default=None)
+    s.add_argument("--wait", action="store_true",
+                   help="over the power profile's rate limit, wait in the daemon's queue instead of THROTTLED")
     s.add_argument("file")
     s.set_defaults(func=cmd_predict)
 

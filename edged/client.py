@@ -160,13 +160,17 @@ class Client:
 
     def predict(self, inputs: np.ndarray | Mapping[str, np.ndarray] | Sequence[np.ndarray], *,
                 model: str | None = None, deadline_ms: float | None = None, priority: str | None = None,
-                top_k: int = 0, retry_throttled: int = 0, timeout: float | None = None) -> Prediction:
+                top_k: int = 0, retry_throttled: int = 0, wait: bool = False,
+                timeout: float | None = None) -> Prediction:
         """Run one inference.
 
         ``inputs`` is one ndarray (single-input model), a dict name → ndarray,
         or a list in the model's input order.  With ``retry_throttled=N`` a
         ``THROTTLED`` reply is retried up to N times after its ``retry_after_ms``;
-        otherwise :class:`~edged.errors.Throttled` is raised.
+        otherwise :class:`~edged.errors.Throttled` is raised.  ``wait=True``
+        asks the daemon to queue a request over the rate limit and pace it
+        instead of refusing it (bounded by the queue and ``deadline_ms``; pass a
+        ``timeout`` long enough for the wait).
         """
         if isinstance(inputs, Mapping):
             named = [(str(k), protocol.as_wire_array(v)) for k, v in inputs.items()]
@@ -176,11 +180,12 @@ class Client:
             named = [(None, protocol.as_wire_array(v)) for v in inputs]
         metas = [protocol.tensor_meta(a, n) for n, a in named]
         return self._predict(metas, [a for _, a in named], model=model, deadline_ms=deadline_ms,
-                             priority=priority, top_k=top_k, retry_throttled=retry_throttled, timeout=timeout)
+                             priority=priority, top_k=top_k, retry_throttled=retry_throttled, wait=wait,
+                             timeout=timeout)
 
     def predict_image(self, image: bytes | str | os.PathLike[str], *, model: str | None = None,
                       input_name: str | None = None, top_k: int = 0, deadline_ms: float | None = None,
-                      priority: str | None = None, retry_throttled: int = 0,
+                      priority: str | None = None, retry_throttled: int = 0, wait: bool = False,
                       timeout: float | None = None) -> Prediction:
         """Send an encoded JPEG/PNG (bytes or a path); the daemon decodes and preprocesses it."""
         data = image if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
@@ -188,7 +193,7 @@ class Client:
         if input_name:
             meta["name"] = input_name
         return self._predict([meta], [bytes(data)], model=model, deadline_ms=deadline_ms, priority=priority,
-                             top_k=top_k, retry_throttled=retry_throttled, timeout=timeout)
+                             top_k=top_k, retry_throttled=retry_throttled, wait=wait, timeout=timeout)
 
     def _predict(self, metas: list[dict[str, Any]], payload: list[Any], *, retry_throttled: int,
                  timeout: float | None, **fields: Any) -> Prediction:
@@ -196,7 +201,7 @@ class Client:
         while True:
             try:
                 head, frames = self.call("predict", payload, inputs=metas, timeout=timeout,
-                                         **{k: v for k, v in fields.items() if v not in (None, 0)})
+                                         **{k: v for k, v in fields.items() if v not in (None, 0, False)})
                 break
             except Throttled as exc:
                 if attempt >= retry_throttled:

@@ -120,9 +120,19 @@ def test_queued_request_waits_instead_of_failing_when_allowed(daemon_factory, li
     write_sensor(sensor, battery_percent=20, on_ac=False)
     d = daemon_factory(lite_repo, "--config", str(power_config(tmp_path, sensor)))
     with d.client() as c:
-        for _ in range(30):  # over the 10/s budget, but every one is answered
+        for _ in range(15):  # over the 10/s budget, but every one is answered
             head, frames = c.call("predict", [DARK], inputs=[{"dtype": "float32", "shape": [1, 8, 8, 1]}], wait=True)
             assert head["ok"] and len(frames) == 1
+        for _ in range(15):  # the same through the client's keyword
+            assert c.predict(DARK, wait=True).profile == "powersave"
+        with pytest.raises(Throttled):  # and without it, the budget is spent: refused at once
+            for _ in range(30):
+                c.predict(DARK)
+    npy = tmp_path / "dark.npy"
+    np.save(npy, DARK)
+    for _ in range(3):
+        r = d.cli("predict", "--wait", "--json", str(npy))
+        assert r.returncode == 0, r.stderr
 
 
 def test_expired_deadlines_are_not_computed(daemon_factory, tmp_path):

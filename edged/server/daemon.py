@@ -10,6 +10,7 @@ exactly the code of ``edged ctl quit`` and SIGHUP that of ``edged ctl reload``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -57,6 +58,12 @@ class Job:
         self.priority = priority
         self.wait = wait
 
+
+#: ``[server]`` keys a reload applies at once; a change to any other is reported as
+#: ``restart_needed`` (sockets, workers, the metrics server and the log format are
+#: set up once; the ZeroMQ message-size cap is a socket option taken at bind).
+_LIVE_SERVER_KEYS = frozenset({"log_level", "grace_period_s", "queue_size", "max_header_bytes", "max_image_bytes",
+                               "max_image_pixels", "stuck_invoke_s"})
 
 #: Seconds shutdown waits for the worker and swap threads after the grace period.
 _JOIN_S = 2.0
@@ -588,7 +595,7 @@ class Daemon:
             "runtime": self.backend.describe(), "delegate_config": self.config.runtime.delegate,
             "endpoints": {"predict": self.config.endpoint, "control": self.config.control_endpoint},
             "config": self.config.source, "repository": str(self.models.root), "profile": self.profile,
-            "models": self.models.describe(), "queue_depth": self.scheduler.depth(),
+            "models": self.models.describe(), "queue_depth": self.scheduler.depth(), "queue_size": self.scheduler.queue_size,
             "workers": {"total": len(self._workers), "busy": self.scheduler.active},
             "health": self.health()["status"],
             "power": {"profile": self.profile, "reason": self.power.decision.reason if self.power.decision else None},
@@ -609,8 +616,9 @@ class Daemon:
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)
                 raise
-            restart_needed = [f"server.{k}" for k in ("endpoint", "control_endpoint", "workers")
-                              if getattr(new.server, k) != getattr(self.config.server, k)]
+            changed = [f.name for f in dataclasses.fields(new.server)
+                       if getattr(new.server, f.name) != getattr(self.config.server, f.name)]
+            restart_needed = [f"server.{k}" for k in changed if k not in _LIVE_SERVER_KEYS]
             if new.runtime != self.config.runtime:
                 restart_needed.append("runtime")
             if new.models_path != self.config.models_path:
@@ -626,8 +634,11 @@ class Daemon:
             for t in self._timers:
                 if t.name == "power":
                     t.interval = self.power.config.interval_s
-            self.config.server.grace_period_s = new.server.grace_period_s
-            self.config.server.queue_size = self.scheduler.queue_size = new.server.queue_size
+            for key in _LIVE_SERVER_KEYS - {"log_level"}:
+                setattr(self.config.server, key, getattr(new.server, key))
+            self.scheduler.queue_size = new.server.queue_size
+            if self.watchdog_gate is not None:
+                self.watchdog_gate.stuck_invoke_s = new.server.stuck_invoke_s
             self.models.scan()
             log.info("reloaded config from %s; repository rescanned", new.source)
             return {"reloaded": True, "restart_needed": restart_needed}

@@ -63,6 +63,14 @@ def test_ready_status_watchdog_reload_and_stopping(daemon_factory, repo, fake_sy
     assert "MONOTONIC_USEC" in msg
     fake_systemd.wait_for("READY", "1")
 
+    # A valid change: live keys apply, the rest is reported, not silently ignored.
+    cfg.write_text('[server]\nworkers = 2\nqueue_size = 5\nlog_format = "json"\n')
+    r = d.cli("ctl", "reload", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["restart_needed"] == ["server.workers", "server.log_format"]
+    fake_systemd.wait_for("READY", "1")
+    assert json.loads(d.cli("ctl", "status", "--json").stdout)["queue_size"] == 5
+
     # An invalid config is refused and the old one kept; the daemon keeps serving,
     # whether the reload comes from edged ctl or from SIGHUP (systemctl reload).
     cfg.write_text("[server]\nworkers = -3\n")

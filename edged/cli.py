@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edged import __version__
-from edged.errors import EdgedError
+from edged.errors import EdgedError, RequestError
 
 
 # -- logging -------------------------------------------------------------------------------
@@ -240,15 +240,33 @@ def _versions_text(d: dict[str, Any]) -> str:
 def cmd_pack(args: argparse.Namespace) -> int:
     from edged.repository.pack import pack
 
-    prep = json.loads(args.preprocessing) if args.preprocessing else None
+    prep = _json_option("--preprocessing", args.preprocessing)
+    accuracy = _json_option("--accuracy", args.accuracy)
+    min_runtime = {}
+    for item in args.min_runtime:
+        runtime, sep, version = item.partition("=")
+        if not sep or runtime not in ("litert", "tflite-runtime", "tensorflow") or not version:
+            raise RequestError(f"--min-runtime {item!r}: expected litert|tflite-runtime|tensorflow=VERSION, "
+                               f"e.g. tflite-runtime=2.17")
+        min_runtime[runtime] = version
     target = pack(Path(args.model), name=args.name, version=args.version, repo=Path(args.repo),
                   labels=Path(args.labels) if args.labels else None,
                   golden_inputs=[Path(p) for p in args.golden_input],
                   lite=Path(args.lite) if args.lite else None, edgetpu=Path(args.edgetpu) if args.edgetpu else None,
-                  preprocessing=prep, notes=args.notes, runtime=args.runtime,
+                  preprocessing=prep, accuracy=accuracy, min_runtime=min_runtime or None, notes=args.notes,
+                  runtime=args.runtime, atol=args.atol,
                   created_by={"command": "edged pack " + " ".join(sys.argv[2:])})
     _print(args, {"path": str(target)}, lambda d: f"published {d['path']}")
     return 0
+
+
+def _json_option(flag: str, text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise RequestError(f"{flag}: not JSON ({exc})") from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -315,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lite", default=None, help="power-saving variant, packed as model_lite.tflite")
     s.add_argument("--edgetpu", default=None, help="Edge TPU compiled variant, packed as model_edgetpu.tflite")
     s.add_argument("--preprocessing", default=None, help='JSON, e.g. \'{"color": "RGB", "mean": [127.5], "std": [127.5]}\'')
+    s.add_argument("--accuracy", default=None,
+                   help='declared accuracy, JSON with "metric" and "value", e.g. '
+                        '\'{"metric": "top1", "value": 0.96, "dataset": "digits test split"}\'')
+    s.add_argument("--min-runtime", action="append", default=[], metavar="RUNTIME=VERSION",
+                   help="oldest runtime that can run the model, e.g. tflite-runtime=2.17; repeatable")
+    s.add_argument("--atol", type=float, default=1e-5, help="golden output tolerance (default 1e-5)")
     s.add_argument("--notes", default="")
     s.add_argument("--runtime", default=os.environ.get("EDGED_RUNTIME", "auto"))
     s.add_argument("--json", action="store_true")

@@ -308,6 +308,7 @@ def write_manifest(version_dir: str | os.PathLike[str], manifest: Manifest) -> P
     target = directory / MANIFEST_FILE
     tmp = directory / f".{MANIFEST_FILE}.{os.getpid()}.tmp"  # hidden: watchers and listings skip it
     data = dumps(manifest).encode()
+    Manifest.from_dict(json.loads(data))  # never write what load_manifest would refuse (ManifestError)
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -22,7 +22,7 @@ import numpy as np
 from edged.errors import ErrorCode, ModelError, RequestError
 from edged.repository import layout
 from edged.repository.check import same_contract
-from edged.repository.manifest import Manifest, contract_from_details, file_entry, write_manifest
+from edged.repository.manifest import Manifest, ManifestError, contract_from_details, file_entry, write_manifest
 
 
 def pack(
@@ -102,7 +102,10 @@ def pack(
         manifest = Manifest(name=name, version=version, files=files, contract=contract_from_details(ins, outs),
                             preprocessing=preprocessing, golden=golden, accuracy=accuracy, min_runtime=min_runtime,
                             notes=notes, created_by=created_by, extra=dict(extra or {}))
-        write_manifest(staging, manifest)
+        try:
+            write_manifest(staging, manifest)
+        except ManifestError as exc:
+            raise RequestError(f"the manifest would be invalid: {exc}") from None
         os.rename(staging, target)
         layout.fsync_dir(target.parent)
     except BaseException:

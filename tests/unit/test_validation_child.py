@@ -1,0 +1,55 @@
+"""validate_in_child turns a crashing, hanging or silent child into a clear refusal."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from edged.errors import ErrorCode, ModelError
+from edged.repository import check
+
+
+def fake_interpreter(tmp_path: Path, body: str) -> str:
+    """A stand-in for ``sys.executable`` that does ``body`` instead of validating."""
+    script = tmp_path / "python"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+@pytest.mark.parametrize(
+    ("body", "timeout", "message"),
+    [
+        ("kill -SEGV $$", 60, "validation crashed the runtime (signal 11)"),
+        ('echo "Fatal Python error: Aborted" >&2; kill -ABRT $$', 60, "Fatal Python error: Aborted"),
+        ("exec sleep 600", 1, "validation hung: no result within 1s"),
+        ("echo not-json; exit 3", 60, "validation exited 3 without a report"),
+        ('echo \'{"ok": false, "error": "golden sample 0 output 0 differs"}\'; exit 1', 60,
+         "golden sample 0 output 0 differs"),
+    ],
+    ids=["segfault", "abort", "hang", "garbage", "reported-failure"],
+)
+def test_child_failures_are_refusals_with_a_reason(tmp_path, monkeypatch, body, timeout, message):
+    monkeypatch.setattr(check.sys, "executable", fake_interpreter(tmp_path, body))
+    with pytest.raises(ModelError) as info:
+        check.validate_in_child(tmp_path, runtime="auto", delegate="auto", timeout=timeout)
+    assert message in info.value.message
+    assert info.value.code is ErrorCode.VALIDATION_FAILED
+
+
+def test_child_report_is_returned(tmp_path, monkeypatch):
+    monkeypatch.setattr(check.sys, "executable",
+                        fake_interpreter(tmp_path, 'echo "loading..."; echo \'{"ok": true, "samples": 2}\''))
+    assert check.validate_in_child(tmp_path, runtime="auto", delegate="auto", timeout=60) == {"ok": True,
+                                                                                           "samples": 2}
+
+
+def test_child_runs_at_lower_priority(tmp_path, monkeypatch):
+    # Serving must win the CPU over validation on a 2-core board.
+    monkeypatch.setattr(check.sys, "executable", fake_interpreter(
+        tmp_path, 'echo "{\\"ok\\": true, \\"nice\\": $(cut -d" " -f19 /proc/self/stat)}"'))
+    report = check.validate_in_child(tmp_path, runtime="auto", delegate="auto", timeout=60)
+    assert report["nice"] >= min(19, os.nice(0) + 10) or os.nice(0) >= 19

@@ -501,6 +501,9 @@ class Daemon:
                 header, arrays = self._process(worker_id, job)
             except Exception as exc:
                 header, arrays = error_reply(job.req.id, job.req.op, exc), []
+                # Say which version refused or failed it, as a success reply would.
+                header.update(model=job.model.name, version=job.model.version, delegate=job.model.delegate,
+                              profile=self.profile)
                 code = header["error"]["code"]
                 if code == ErrorCode.DEADLINE_EXCEEDED.value:
                     self.stats.shed(job.model.name, job.model.version)

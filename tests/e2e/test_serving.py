@@ -132,6 +132,9 @@ def test_every_bad_input_gets_its_code_and_the_next_request_succeeds(daemon_fact
             assert error_code(raw_call(d.endpoint, frames)) == code, frames[0][:120]
             r = c.predict(good)  # the daemon keeps serving
             assert r.version == "v1"
+    # An error found by the worker names the version that found it, like a success would.
+    head = json.loads(raw_call(d.endpoint, [predict_header(), good.tobytes()[:-4]])[0])
+    assert (head["error"]["code"], head["model"], head["version"]) == ("BAD_SIZE", "digits", "v1")
     # REQ sockets work too (the daemon echoes the empty delimiter).
     sock = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)

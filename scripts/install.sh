@@ -101,6 +101,13 @@ if [ "$manage_users" = 1 ]; then
         usermod -aG edged-clients edged
         say "added user edged to group edged-clients"
     fi
+    if [ "$edgetpu" = 1 ]; then
+        # The drop-in's SupplementaryGroups= must name existing groups or the service
+        # fails with 216/GROUP; a USB-only host has no apex group (no PCIe driver).
+        for g in plugdev apex; do
+            getent group "$g" >/dev/null || { groupadd --system "$g"; say "created group $g (Edge TPU drop-in)"; }
+        done
+    fi
 else
     say "not creating user/group edged and group edged-clients (DESTDIR set or not root)"
 fi

@@ -106,3 +106,44 @@ def test_swap_events_are_published(daemon_factory, tmp_path, sockdir):
     sub.close()
     swap = [e for e in events if e["event"] == "swap"]
     assert swap and swap[0]["model"] == "m" and swap[0]["version"].startswith("v") and "ts" in swap[0]
+
+
+def test_power_and_rollback_events_are_published(daemon_factory, tmp_path, sockdir):
+    from edged.testing import tflite_build as tb
+
+    repo = tmp_path / "repo"
+    publish(repo, "v1", tb.random_classifier(seed=1), tmp=tmp_path)
+    d = daemon_factory(repo)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"ipc://{sockdir}/events.sock")
+    wait_until(lambda: (sockdir / "events.sock").exists(), "events socket", daemon=d)
+
+    def next_event(kind: str) -> tuple[bytes, dict]:
+        while sub.poll(30_000):
+            topic, body = sub.recv_multipart()
+            event = json.loads(body)
+            if event["event"] == kind:
+                return topic, event
+        raise AssertionError(f"no {kind} event")
+
+    # A SUB socket joins asynchronously: switch profiles until one event arrives.
+    power_event = None
+    for _ in range(20):
+        assert d.cli("ctl", "power", "--profile", "powersave", "--for", "1m").returncode == 0
+        assert d.cli("ctl", "power", "--auto").returncode == 0
+        if sub.poll(500):
+            topic, body = sub.recv_multipart()
+            power_event = (topic, json.loads(body))
+            break
+    assert power_event is not None and power_event[0] == b"power"
+    assert power_event[1]["profile"] in ("powersave", "performance")
+
+    publish(repo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    topic, swap = next_event("swap")
+    assert (topic, swap["version"], swap["previous"]) == (b"model", "v2", "v1")
+    assert d.cli("ctl", "rollback").returncode == 0
+    topic, rollback = next_event("rollback")
+    assert (topic, rollback["model"], rollback["version"], rollback["from"]) == (b"model", "m", "v1", "v2")
+    sub.close()

@@ -300,3 +300,41 @@ def test_many_swaps_do_not_grow_memory(daemon_factory, mrepo, tmp_path):
         rss.append(proc.memory_info().rss)
     growth = rss[-1] - rss[0]
     assert growth < 16 * 1024 * 1024, f"RSS grew {growth / 1e6:.1f} MB over {n - 10} swaps"
+
+
+def test_pin_holds_a_version_and_unpin_lets_auto_activation_resume(daemon_factory, mrepo, tmp_path):
+    d = daemon_factory(mrepo, "--config", str(config(tmp_path)))
+    assert d.cli("ctl", "pin", "v1").returncode == 0
+    publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    wait_until(lambda: state_of(d, "v2")["state"] == "available", "v2 to be seen", daemon=d)
+    with d.client() as c:
+        assert c.predict(DARK).version == "v1"  # auto, but pinned
+        assert d.cli("ctl", "unpin").returncode == 0
+        wait_until(lambda: c.predict(DARK).version == "v2", "auto-activation of v2 after unpin", daemon=d)
+
+
+def test_unsettled_hand_made_version_is_reported_incomplete_and_never_loaded(daemon_factory, mrepo, tmp_path):
+    cfg = config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("settle_s = 0.2", "settle_s = 3600"))
+    d = daemon_factory(mrepo, "--config", str(cfg))
+    vdir = mrepo / "m" / "v2"
+    vdir.mkdir()
+    (vdir / "model.tflite").write_bytes(tb.random_classifier(seed=2)[:100])  # still being copied
+    wait_until(lambda: "v2" in [v["version"] for v in versions(d)["versions"]], "v2 to be listed", daemon=d)
+    row = state_of(d, "v2")
+    assert row["state"] == "incomplete" and "no manifest" in row["reason"]
+    with d.client() as c:
+        assert c.predict(DARK).version == "v1"
+
+
+def test_keep_previous_keeps_the_old_version_loaded_for_rollback(daemon_factory, mrepo, tmp_path):
+    cfg = config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[repository]\n", "[repository]\nkeep_previous = true\n"))
+    d = daemon_factory(mrepo, "--config", str(cfg))
+    publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    with d.client() as c:
+        wait_until(lambda: c.predict(DARK).version == "v2", "v2 to serve", daemon=d)
+        assert state_of(d, "v1")["state"] == "previous"
+        r = d.cli("ctl", "rollback", "--json")
+        assert r.returncode == 0, r.stderr
+        assert c.predict(DARK).version == "v1"

@@ -121,8 +121,10 @@ class _Op:
 
 class ModelManager:
     def __init__(self, config: Config, backend: Backend, *, clock: Clock | None = None,
-                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 emit: Callable[[dict[str, Any]], None] | None = None,
+                 available_memory: Callable[[], int | None] | None = None) -> None:
         self.config = config
+        self.available_memory = available_memory or _available_memory
         self.backend = backend
         self.clock = clock or Clock()
         self.root = config.models_path
@@ -219,7 +221,7 @@ class ModelManager:
                  m.delegate, m.pool_size)
         st = self.state.get(name)
         if st.probation is not None and st.probation.version == m.version:
-            slot.probation = ProbationTracker(m.version, self.clock.monotonic(), policy, None)
+            slot.probation = ProbationTracker(m.version, self.clock.monotonic(), policy, st.probation.baseline_p95_us)
         elif st.committed != m.version:
             # First sight of this model (or the committed version would not load): adopt what serves.
             self.state.update(name, committed=m.version, probation=None)
@@ -451,18 +453,18 @@ class ModelManager:
         # The boot counter goes to disk before the candidate enters this process.  A
         # rollback always returns to the last *committed* version: a version that is
         # superseded while still on probation was never proven good.
-        self.state.update(name, probation=Probation(version, st.committed, 1, self.clock.time()))
+        baseline = previous.p95_invoke_us() if previous is not None else None
+        self.state.update(name, probation=Probation(version, st.committed, 1, self.clock.time(), baseline))
         try:
             new = self.load(name, version)
         except EdgedError as exc:
             self.state.update(name, probation=None)
             slot.rejected[version] = (fingerprint, exc.message)
             raise
-        baseline = previous.p95_invoke_us() if previous is not None else None
         with self._lock:
             slot.probation = ProbationTracker(version, self.clock.monotonic(), policy, baseline)
             slot.serving = new  # from here new requests get the new version; queued ones keep the old
-            slot.previous = previous if policy.keep_previous else None
+            slot.previous = previous if policy.keep_previous and self._can_keep(previous) else None
         slot.errors.pop(version, None)
         layout.set_current(self.root / name, version)
         event = {"event": "swap", "model": name, "version": version,
@@ -543,6 +545,22 @@ class ModelManager:
         log.info("%s/%s: now serving the %s variant (%s)", name, cur.version, self.variant, new.model_file.name)
         self.emit(event)
         return event
+
+    def _can_keep(self, model: LoadedModel | None) -> bool:
+        """``keep_previous`` holds the old version only while memory allows.
+
+        Allowed while MemAvailable stays at least 64 MiB plus 4x the model's size
+        (its bytes, the interpreters' arenas and headroom for the next swap).
+        """
+        if model is None:
+            return False
+        available = self.available_memory()
+        need = _KEEP_MARGIN + 4 * model.size
+        if available is not None and available < need:
+            log.warning("%s/%s: not kept loaded for rollback (keep_previous): %d MiB available, %d MiB needed",
+                        model.name, model.version, available >> 20, need >> 20)
+            return False
+        return True
 
     def _lite_validated(self, slot: ModelSlot, version: str, path: Path) -> bool:
         """Validate ``version`` (with its lite file) in a child unless already done; False = keep full.
@@ -626,6 +644,20 @@ class ModelManager:
         layout.check_name("version", version)
         slot.rejected.pop(version, None)
         return self.state.unmark(slot.name, version)
+
+
+_KEEP_MARGIN = 64 << 20
+
+
+def _available_memory() -> int | None:
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return None
+    try:
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError):
+        return None
 
 
 def _contract_text(contract: dict[str, Any]) -> str:

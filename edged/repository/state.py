@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ class Probation:
     previous: str | None
     attempts: int = 1
     started_at: float = 0.0  # wall time, for operators
+    #: p95 invoke time of the version it replaced, so a restart mid-probation still
+    #: judges latency against it.
+    baseline_p95_us: float | None = None
 
 
 @dataclass
@@ -44,7 +47,7 @@ class ModelState:
     def from_dict(cls, d: dict[str, Any]) -> ModelState:
         prob = d.get("probation")
         return cls(committed=d.get("committed"), pinned=d.get("pinned"),
-                   probation=Probation(**prob) if isinstance(prob, dict) else None,
+                   probation=_probation(prob) if isinstance(prob, dict) else None,
                    bad=dict(d.get("bad") or {}))
 
 
@@ -100,3 +103,12 @@ class StateStore:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
+
+
+def _probation(d: dict[str, Any]) -> Probation | None:
+    # Ignore keys this version does not know (a state file from a newer edged).
+    known = {f.name for f in fields(Probation)}
+    try:
+        return Probation(**{k: v for k, v in d.items() if k in known})
+    except TypeError:  # a required key missing: treat as no probation record
+        return None

@@ -85,6 +85,17 @@ def test_ready_status_watchdog_reload_and_stopping(daemon_factory, repo, fake_sy
     status = json.loads(d.cli("ctl", "status", "--json").stdout)
     assert status["state"] == "running"
 
+    # A swap updates STATUS= (what `systemctl status` shows).
+    from edged.repository.pack import pack
+
+    pack(repo / "digits" / "v1" / "model.tflite", name="digits", version="v2", repo=repo)
+    for _ in range(2000):
+        msg = fake_systemd.next(60)
+        if "digits/v2" in msg.get("STATUS", ""):
+            break
+    else:
+        raise AssertionError("no STATUS= naming digits/v2 after the swap")
+
     d.send_signal(signal.SIGTERM)
     fake_systemd.wait_for("STOPPING", "1")
     assert d.stop(sig=None) == 0

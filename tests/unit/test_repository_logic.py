@@ -65,14 +65,25 @@ def test_p95_ratio_needs_an_absolute_slowdown_too():
 def test_state_store_persists_atomically(tmp_path: Path):
     store = StateStore(tmp_path)
     assert not store.found
-    store.update("m", committed="v1", probation=Probation("v2", "v1", 1, 5.0))
+    store.update("m", committed="v1", probation=Probation("v2", "v1", 1, 5.0, baseline_p95_us=812.5))
     store.mark_bad("m", "v3", "NaN")
     again = StateStore(tmp_path)
     st = again.get("m")
-    assert again.found and st.committed == "v1" and st.probation == Probation("v2", "v1", 1, 5.0)
+    assert again.found and st.committed == "v1" and st.probation == Probation("v2", "v1", 1, 5.0, 812.5)
     assert st.bad == {"v3": "NaN"}
     assert again.unmark("m", "v3") and not StateStore(tmp_path).get("m").bad
     assert [p.name for p in (tmp_path / ".edged").iterdir()] == ["state.json"]  # no temp files left
+
+
+def test_state_written_by_another_edged_version_still_loads(tmp_path: Path):
+    (tmp_path / ".edged").mkdir()
+    (tmp_path / ".edged" / "state.json").write_text(
+        '{"models": {"m": {"committed": "v1", "probation": {"version": "v2", "previous": "v1", "attempts": 1}}}}')
+    st = StateStore(tmp_path).get("m")  # older file: no baseline recorded
+    assert st.probation == Probation("v2", "v1", 1) and st.probation.baseline_p95_us is None
+    (tmp_path / ".edged" / "state.json").write_text(
+        '{"models": {"m": {"probation": {"version": "v2", "previous": null, "from_the_future": true}}}}')
+    assert StateStore(tmp_path).get("m").probation == Probation("v2", None)
 
 
 def test_corrupt_state_file_is_not_fatal(tmp_path: Path, caplog):
@@ -100,3 +111,22 @@ def test_names_and_versions(tmp_path: Path):
     assert "v11" not in layout.version_names(m)
     with pytest.raises(NotFoundError):
         layout.version_dir(tmp_path, "m", "v99")
+
+
+def test_keep_previous_only_while_memory_allows(tmp_path: Path, caplog):
+    from types import SimpleNamespace
+
+    from edged import config as config_mod
+    from edged.repository.manager import ModelManager
+
+    cfg = config_mod.load(None, {"repository.path": str(tmp_path)})
+    free = {"bytes": 1 << 30}
+    mgr = ModelManager(cfg, backend=None, available_memory=lambda: free["bytes"])
+    old = SimpleNamespace(name="m", version="v1", size=10 << 20)  # needs 64 + 40 MiB
+    assert mgr._can_keep(old)
+    free["bytes"] = 100 << 20
+    assert not mgr._can_keep(old)
+    assert "not kept loaded for rollback" in caplog.text
+    assert not mgr._can_keep(None)
+    unknown = ModelManager(cfg, backend=None, available_memory=lambda: None)  # no reading: keep, as configured
+    assert unknown._can_keep(old)

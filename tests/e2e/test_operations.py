@@ -147,3 +147,46 @@ def test_power_and_rollback_events_are_published(daemon_factory, tmp_path, sockd
     topic, rollback = next_event("rollback")
     assert (topic, rollback["model"], rollback["version"], rollback["from"]) == (b"model", "m", "v1", "v2")
     sub.close()
+
+
+def test_environment_alone_configures_serve_and_ctl_and_sigint_stops_cleanly(repo, sockdir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from edged import Client
+
+    cfg = tmp_path / "env.toml"
+    cfg.write_text("[server]\nworkers = 1\n")
+    env = {**os.environ, "EDGED_MODELS": str(repo), "EDGED_CONFIG": str(cfg),
+           "EDGED_ENDPOINT": f"ipc://{sockdir}/env-p.sock", "EDGED_CONTROL_ENDPOINT": f"ipc://{sockdir}/env-c.sock",
+           "EDGED_RUNTIME": os.environ.get("EDGED_RUNTIME", "auto")}
+    env.pop("NOTIFY_SOCKET", None)
+    log = open(sockdir / "env.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "edged", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        from edged.errors import TransportError
+
+        def healthy() -> bool:
+            with Client(env["EDGED_ENDPOINT"], timeout=1) as c:
+                try:
+                    return c.health()["status"] == "ok"
+                except TransportError:  # not bound yet
+                    return proc.poll() is not None  # a dead daemon fails below, not by timing out
+        wait_until(healthy, "daemon ready", timeout=120)
+        assert proc.poll() is None, (sockdir / "env.log").read_text()
+        r = subprocess.run([sys.executable, "-m", "edged", "ctl", "status", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        status = json.loads(r.stdout)
+        assert status["config"] == str(cfg) and status["repository"] == str(repo)
+        assert status["workers"]["total"] == 1
+        proc.send_signal(signal.SIGINT)  # Ctrl-C in a terminal: the same drain as SIGTERM
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert not (sockdir / "env-p.sock").exists() and not (sockdir / "env-c.sock").exists()

@@ -44,7 +44,7 @@ from edged.errors import EdgedError, ErrorCode, ModelError, NotFoundError, Retry
 from edged.repository import check, layout
 from edged.repository.state import Probation, StateStore
 from edged.runtime.backends import Backend
-from edged.runtime.delegates import DelegateUnavailable
+from edged.runtime.delegates import EDGETPU_MODEL, DelegateUnavailable
 from edged.runtime.model import LITE_MODEL, LoadedModel, LoadSpec
 from edged.seams import Clock
 from edged.states import VersionState
@@ -146,10 +146,13 @@ class ModelManager:
         manifest = check.static_checks(path)
         check.check_min_runtime(manifest, self.backend.name, self.backend.version)
         rt = self.config.runtime
+        variant = variant or self.variant
+        if variant == "lite" and not (path / LITE_MODEL).is_file():
+            variant = "full"  # no lighter file: say what really serves
         return LoadSpec(
             name=name, version=version, path=path, backend=self.backend, delegate=rt.delegate,
             workers=self.config.server.workers, num_threads=self.num_threads or rt.num_threads,
-            variant=variant or self.variant,
+            variant=variant,
             edgetpu_device=rt.edgetpu_device, edgetpu_library=rt.edgetpu_library,
             preprocessing=(manifest or {}).get("preprocessing"), labels=layout.read_labels(path), manifest=manifest,
         )
@@ -221,7 +224,9 @@ class ModelManager:
                  m.delegate, m.pool_size)
         st = self.state.get(name)
         if st.probation is not None and st.probation.version == m.version:
-            slot.probation = ProbationTracker(m.version, self.clock.monotonic(), policy, st.probation.baseline_p95_us)
+            prob = st.probation
+            baseline = prob.baseline_p95_us if prob.baseline_variant == m.spec.variant else None
+            slot.probation = ProbationTracker(m.version, self.clock.monotonic(), policy, baseline)
         elif st.committed != m.version:
             # First sight of this model (or the committed version would not load): adopt what serves.
             self.state.update(name, committed=m.version, probation=None)
@@ -334,7 +339,8 @@ class ModelManager:
     @staticmethod
     def _fingerprint(path: Path) -> tuple[Any, ...]:
         out = []
-        for name in (layout.MANIFEST_FILE, layout.MODEL_FILE):
+        # The variants too: replacing model_lite.tflite must not keep an old verdict on it.
+        for name in (layout.MANIFEST_FILE, layout.MODEL_FILE, LITE_MODEL, EDGETPU_MODEL):
             try:
                 s = os.stat(path / name)
                 out.append((s.st_mtime_ns, s.st_size, s.st_ino))
@@ -454,17 +460,22 @@ class ModelManager:
         # rollback always returns to the last *committed* version: a version that is
         # superseded while still on probation was never proven good.
         baseline = previous.p95_invoke_us() if previous is not None else None
-        self.state.update(name, probation=Probation(version, st.committed, 1, self.clock.time(), baseline))
+        baseline_variant = previous.spec.variant if previous is not None else "full"
+        self.state.update(name, probation=Probation(version, st.committed, 1, self.clock.time(), baseline,
+                                                    baseline_variant))
         try:
             new = self.load(name, version)
         except EdgedError as exc:
             self.state.update(name, probation=None)
             slot.rejected[version] = (fingerprint, exc.message)
             raise
+        keep = policy.keep_previous and self._can_keep(previous)  # a psutil read: not under the lock
         with self._lock:
-            slot.probation = ProbationTracker(version, self.clock.monotonic(), policy, baseline)
+            # Latency is compared like with like: a lite previous says nothing about a full candidate.
+            slot.probation = ProbationTracker(version, self.clock.monotonic(), policy,
+                                              baseline if baseline_variant == new.spec.variant else None)
             slot.serving = new  # from here new requests get the new version; queued ones keep the old
-            slot.previous = previous if policy.keep_previous and self._can_keep(previous) else None
+            slot.previous = previous if keep else None
         slot.errors.pop(version, None)
         layout.set_current(self.root / name, version)
         event = {"event": "swap", "model": name, "version": version,
@@ -539,7 +550,13 @@ class ModelManager:
         if not check.same_contract(check_spec, cur.contract()):
             raise ModelError(f"{name}/{cur.version}: {LITE_MODEL} has a different contract; not switching",
                              code=ErrorCode.CONTRACT_CHANGED)
-        slot.serving = new
+        with self._lock:
+            slot.serving = new
+            tracker = slot.probation
+            if tracker is not None and tracker.version == cur.version:
+                # The baseline and the samples so far were measured on the other variant.
+                tracker.baseline_p95_us = None
+                tracker.latencies.clear()
         event = {"event": "variant", "model": name, "version": cur.version, "variant": self.variant,
                  "file": new.model_file.name}
         log.info("%s/%s: now serving the %s variant (%s)", name, cur.version, self.variant, new.model_file.name)

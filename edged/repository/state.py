@@ -34,6 +34,7 @@ class Probation:
     #: p95 invoke time of the version it replaced, so a restart mid-probation still
     #: judges latency against it.
     baseline_p95_us: float | None = None
+    baseline_variant: str = "full"  # the variant that baseline was measured on
 
 
 @dataclass

@@ -160,6 +160,13 @@ class Daemon:
 
     def _bind(self, name: str, endpoint: str, mode: int, kind: int = zmq.ROUTER) -> zmq.Socket:
         sock = self.ctx.socket(kind)
+        try:
+            return self._bind_socket(sock, name, endpoint, mode, kind)
+        except BaseException:
+            sock.close(0)  # an open socket would make ctx.term() wait forever
+            raise
+
+    def _bind_socket(self, sock: zmq.Socket, name: str, endpoint: str, mode: int, kind: int) -> zmq.Socket:
         sock.setsockopt(zmq.LINGER, 1000)
         # Hard ceiling per frame: past it ZeroMQ drops the peer.  Messages between
         # max_message_bytes and this get a TOO_LARGE reply instead.
@@ -167,16 +174,18 @@ class Daemon:
         path = None
         if endpoint.startswith("ipc://"):
             path = Path(endpoint[len("ipc://"):])
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            except OSError as exc:
+                raise EdgedError(f"cannot create the directory of {name} endpoint {endpoint}: {exc}",
+                                 code=ErrorCode.CONFIG_INVALID) from None
             if path.exists():
                 if kind == zmq.ROUTER and _ipc_alive(self.ctx, endpoint):
-                    sock.close(0)
                     raise EdgedError(f"another edged is already serving on {endpoint}", code=ErrorCode.INVALID_STATE)
                 path.unlink()  # stale socket of a daemon that died
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
-            sock.close(0)
             raise EdgedError(f"cannot bind {name} endpoint {endpoint}: {exc}", code=ErrorCode.CONFIG_INVALID) from None
         if path is not None:
             self._ipc_files.append(path)
@@ -287,25 +296,29 @@ class Daemon:
                         log.exception("periodic job %s failed", t.name)
 
     def _abort_startup(self) -> None:
-        """Undo a failed startup: no socket file or thread of a daemon that never ran is left."""
+        """Undo a failed startup: no socket file or thread of a daemon that never ran is left.
+
+        Every step is best effort and bounded, so the caller's exception (the
+        reason startup failed) is the one reported.
+        """
+        steps: list[tuple[str, Callable[[], Any]]] = []
         if self.watcher is not None:
-            self.watcher.stop()
+            steps.append(("watcher", self.watcher.stop))
         if self.metrics_server is not None:
-            self.metrics_server.close()
+            steps.append(("metrics server", self.metrics_server.close))
         if hasattr(self, "scheduler"):
-            self.scheduler.close()
+            steps.append(("scheduler", self.scheduler.close))
         if hasattr(self, "models"):
-            self.models.close()
-        for sock in (getattr(self, "predict_sock", None), getattr(self, "control_sock", None), self.events_sock):
-            if sock is not None:
-                sock.close(linger=0)
+            steps.append(("models", lambda: self.models.close(timeout=_JOIN_S)))
         if hasattr(self, "ctx"):
-            self.ctx.term()
+            steps.append(("sockets", lambda: self.ctx.destroy(linger=0)))  # closes every socket, never waits
         for path in self._ipc_files:
+            steps.append((str(path), lambda path=path: path.unlink(missing_ok=True)))
+        for what, step in steps:
             try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+                step()
+            except Exception as exc:  # noqa: BLE001 - cleanup must not hide why startup failed
+                log.debug("cleanup after failed startup: %s: %s", what, exc)
 
     def shutdown(self) -> None:
         """Stop workers, flush replies, close sockets and remove ipc files."""
@@ -631,15 +644,15 @@ class Daemon:
                 log.warning("reload: %s change only on restart", ", ".join(restart_needed))
             logging.getLogger("edged").setLevel(new.server.log_level.upper())
             self.config.server.log_level = new.server.log_level
+            for key in _LIVE_SERVER_KEYS - {"log_level"}:  # before power: the governor reads queue_size
+                setattr(self.config.server, key, getattr(new.server, key))
+            self.scheduler.queue_size = new.server.queue_size
             self.config.repository = new.repository
             self.config.power = new.power
             self.power.configure(new.power)
             for t in self._timers:
                 if t.name == "power":
                     t.interval = self.power.config.interval_s
-            for key in _LIVE_SERVER_KEYS - {"log_level"}:
-                setattr(self.config.server, key, getattr(new.server, key))
-            self.scheduler.queue_size = new.server.queue_size
             if self.watchdog_gate is not None:
                 self.watchdog_gate.stuck_invoke_s = new.server.stuck_invoke_s
             self.models.scan()

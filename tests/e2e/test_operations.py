@@ -70,6 +70,22 @@ def test_metrics_port_in_use_is_a_clear_startup_error_that_leaves_no_socket_file
         assert not Path(endpoint[len("ipc://"):]).exists(), endpoint
 
 
+def test_an_endpoint_in_an_uncreatable_directory_fails_startup_with_the_reason(repo, sockdir):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EDGED_RUNTIME": os.environ.get("EDGED_RUNTIME", "auto")}
+    env.pop("NOTIFY_SOCKET", None)
+    # /proc refuses mkdir even for root: the daemon must say so and exit, not hang in cleanup.
+    r = subprocess.run([sys.executable, "-m", "edged", "serve", "--models", str(repo),
+                        "--endpoint", "ipc:///proc/edged-no/p.sock", "--control-endpoint", f"ipc://{sockdir}/c.sock"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 7, r.stderr
+    assert "cannot create the directory of predict endpoint ipc:///proc/edged-no/p.sock" in r.stderr
+    assert not list(sockdir.glob("*.sock")), "sockets bound before the failure (events) are removed"
+
+
 def test_json_logs(daemon_factory, repo):
     d = daemon_factory(repo, "--log-format", "json")
     assert d.stop() == 0

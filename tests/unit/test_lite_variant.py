@@ -67,3 +67,18 @@ def test_contract_compares_quantization_of_integer_tensors_only() -> None:
     assert check.same_contract(_contract("float32", 0.0, 0), _contract("float32", 1.0, 3))  # meaningless for floats
     # a float32 scale read back from JSON is the same contract
     assert check.same_contract(_contract("uint8", 0.007843137718737125, 128), _contract("uint8", 0.0078431377, 128))
+
+
+def test_a_manifest_without_quantization_still_validates_an_integer_model(tmp_path: Path) -> None:
+    # Hand-written or third-party manifests may leave quantization out of the contract.
+    import json
+
+    model = tmp_path / "q.tflite"
+    model.write_bytes(tb.mobilenet_class_model(input_size=32, alpha=0.25, classes=10))
+    vdir = pack(model, name="q", version="v1", repo=tmp_path / "repo")
+    data = json.loads((vdir / "manifest.json").read_text())
+    assert data["contract"]["inputs"][0]["dtype"] == "uint8"
+    for t in data["contract"]["inputs"] + data["contract"]["outputs"]:
+        t.pop("quantization")
+    (vdir / "manifest.json").write_text(json.dumps(data))
+    assert check.run_checks(vdir)["ok"] is True

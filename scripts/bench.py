@@ -34,6 +34,7 @@ subprocess by itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -659,6 +661,41 @@ def machine_facts(runtime_desc: str) -> dict[str, Any]:
 # Main
 # ---------------------------------------------------------------------------------------------
 
+def bench_env() -> dict[str, str]:
+    """Environment for the daemon and client subprocesses: this checkout first on the path,
+    and never a real systemd, daemon or config from the caller's environment."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for k in ("NOTIFY_SOCKET", "EDGED_CONFIG", "EDGED_ENDPOINT", "EDGED_CONTROL_ENDPOINT"):
+        env.pop(k, None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in [os.environ.get("PYTHONPATH")] if p]])
+    return env
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, keep: bool) -> Iterator[tuple[Path, list[DaemonRun]]]:
+    """A temporary directory and a list to register daemons in.
+
+    On an error the tail of each live daemon's log is printed; on the way out every
+    daemon is stopped and the directory removed (kept with ``keep``).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: ipc paths ≤ ~107 bytes
+    daemons: list[DaemonRun] = []
+    try:
+        yield workdir, daemons
+    except Exception:
+        for d in daemons:
+            if d.proc.poll() is None:
+                log(f"daemon log {d.log_path}:\n{d.log_text()[-3000:]}")
+        raise
+    finally:
+        for d in daemons:
+            d.stop()
+        if keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from edged.repository.pack import pack
     from edged.runtime.backends import select_backend
@@ -675,15 +712,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"quick": quick, "workers": workers, "runtime": backend.describe(),
                               "command": " ".join([Path(sys.executable).name, "scripts/bench.py", *sys.argv[1:]]),
                               "machine": machine_facts(backend.describe())}
-    workdir = Path(tempfile.mkdtemp(prefix="edged-bench-", dir="/tmp"))  # short: ipc paths ≤ ~107 bytes
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("NOTIFY_SOCKET", None)  # never talk to a real systemd
-    env.pop("EDGED_CONFIG", None)
-    for k in ("EDGED_ENDPOINT", "EDGED_CONTROL_ENDPOINT"):
-        env.pop(k, None)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in [os.environ.get("PYTHONPATH")] if p]])
-    daemons: list[DaemonRun] = []
-    try:
+    env = bench_env()
+    with scratch("edged-bench-", args.keep) as (workdir, daemons):
         (workdir / "edged.toml").write_text(f"[server]\nworkers = {workers}\n")
         log(f"building the MobileNet-class model in {workdir}")
         t0 = time.monotonic()
@@ -775,18 +805,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         d.stop()
         result["checks"] = build_checks(result)
         result["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    except Exception:
-        for d in daemons:
-            if d.proc.poll() is None:
-                log(f"daemon log {d.log_path}:\n{d.log_text()[-3000:]}")
-        raise
-    finally:
-        for d in daemons:
-            d.stop()
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 

@@ -47,17 +47,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # scripts/bench.py; importing it also puts the checkout on sys.path
-from bench import INPUT_SHAPE, DaemonRun, bench_input, log, machine_facts
+from bench import INPUT_SHAPE, DaemonRun, bench_env, bench_input, log, machine_facts, scratch
 
 PROFILES = ("performance", "balanced", "powersave", "critical")
 PASSES = ("normal", "high")
@@ -286,13 +284,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, "scripts/bench_power.py", *sys.argv[1:]]),
         "machine": machine_facts(backend.describe()), "rows": [],
     }
-    workdir = Path(tempfile.mkdtemp(prefix="edged-bpow-", dir="/tmp"))  # short: ipc paths ≤ ~107 bytes
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for k in ("NOTIFY_SOCKET", "EDGED_CONFIG", "EDGED_ENDPOINT", "EDGED_CONTROL_ENDPOINT"):
-        env.pop(k, None)  # never talk to a real systemd or daemon
-    env["PYTHONPATH"] = os.pathsep.join([str(bench.ROOT), *[p for p in [os.environ.get("PYTHONPATH")] if p]])
-    d: DaemonRun | None = None
-    try:
+    env = bench_env()
+    with scratch("edged-bpow-", opts.keep) as (workdir, daemons):
         log(f"building the MobileNet-class model in {workdir}")
         src = workdir / "bench-v1.tflite"
         src.write_bytes(mobilenet_class_model(seed=0))
@@ -311,6 +304,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             f"[server]\nworkers = {opts.workers}\n\n[power]\nsource = \"file\"\nfile = \"{sensors}\"\n")
         d = DaemonRun(repo, f"ipc://{workdir}/p.sock", f"ipc://{workdir}/c.sock", workdir, "auto", opts.workers,
                       env, "power")
+        daemons.append(d)
         d.wait_ready()
         for profile in PROFILES:
             for priority in PASSES:
@@ -321,17 +315,6 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 result["rows"].append(row)
         control(d.control, "power", auto=True)
         result["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    except Exception:
-        if d is not None and d.proc.poll() is None:
-            log(f"daemon log {d.log_path}:\n{d.log_text()[-3000:]}")
-        raise
-    finally:
-        if d is not None:
-            d.stop()
-        if opts.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 

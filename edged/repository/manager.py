@@ -446,7 +446,8 @@ class ModelManager:
             if slot.serving is not None and not check.same_contract(report["contract"], slot.serving.contract()) \
                     and not op.force:
                 raise ModelError(f"{name}/{version} changes the input/output contract "
-                                 f"({_contract_text(slot.serving.contract())} -> {_contract_text(report['contract'])}); "
+                                 f"({check.contract_text(slot.serving.contract())} -> "
+                                 f"{check.contract_text(report['contract'])}); "
                                  f"swap with --force to accept it", code=ErrorCode.CONTRACT_CHANGED)
         except EdgedError as exc:
             slot.rejected[version] = (fingerprint, exc.message)
@@ -516,8 +517,7 @@ class ModelManager:
         else:
             # The lite file of a version not validated in this process stays out until
             # the variant op below has validated it in a child.
-            lite = self.variant == "lite" and slot.lite_ok.get(target) == self._fingerprint(
-                layout.version_dir(self.root, name, target))
+            lite = self.variant == "lite" and self._lite_known_good(slot, target)
             new = self.load(name, target, variant="lite" if lite else "full")
         with self._lock:
             slot.probation = None
@@ -545,11 +545,7 @@ class ModelManager:
             return None  # nothing to switch to; the full model keeps serving
         if self.variant == "lite" and not self._lite_validated(slot, cur.version, cur.spec.path):
             return None
-        new = self.load(name, cur.version, variant=self.variant)
-        check_spec = new.contract()
-        if not check.same_contract(check_spec, cur.contract()):
-            raise ModelError(f"{name}/{cur.version}: {LITE_MODEL} has a different contract; not switching",
-                             code=ErrorCode.CONTRACT_CHANGED)
+        new = self.load(name, cur.version, variant=self.variant)  # same contract: the child checked it
         with self._lock:
             slot.serving = new
             tracker = slot.probation
@@ -579,15 +575,19 @@ class ModelManager:
             return False
         return True
 
+    def _lite_known_good(self, slot: ModelSlot, version: str) -> bool:
+        """A child validated this version's files, lite one included, as they are now."""
+        return slot.lite_ok.get(version) == self._fingerprint(layout.version_dir(self.root, slot.name, version))
+
     def _lite_validated(self, slot: ModelSlot, version: str, path: Path) -> bool:
         """Validate ``version`` (with its lite file) in a child unless already done; False = keep full.
 
         A lite file that crashes the runtime must crash the child, not the daemon:
         the daemon may restart in the same power profile and would crash again.
         """
-        fingerprint = self._fingerprint(path)
-        if slot.lite_ok.get(version) == fingerprint:
+        if self._lite_known_good(slot, version):
             return True
+        fingerprint = self._fingerprint(path)
         rejected = slot.lite_rejected.get(version)
         if rejected is not None and rejected[0] == fingerprint:
             return False  # reported when it was found
@@ -675,15 +675,3 @@ def _available_memory() -> int | None:
         return int(psutil.virtual_memory().available)
     except (OSError, RuntimeError):
         return None
-
-
-def _contract_text(contract: dict[str, Any]) -> str:
-    def side(ts: list[dict[str, Any]]) -> str:
-        def one(t: dict[str, Any]) -> str:
-            q = t.get("quantization") or {}
-            quant = f"(q {q.get('scale', 0):.6g},{q.get('zero_point', 0)})" if t["dtype"][:3] in ("uin", "int") else ""
-            return f"{t['dtype']}{list(t['shape'])}{quant}"
-
-        return ",".join(one(t) for t in ts)
-
-    return f"{side(contract['inputs'])} -> {side(contract['outputs'])}"

@@ -21,7 +21,7 @@ import numpy as np
 
 from edged.errors import ErrorCode, ModelError, RequestError
 from edged.repository import layout
-from edged.repository.check import same_contract
+from edged.repository.check import check_lite
 from edged.repository.manifest import Manifest, ManifestError, contract_from_details, file_entry, write_manifest
 
 
@@ -77,7 +77,11 @@ def pack(
             raise ModelError(f"{model_file}: does not load with {backend.describe()}: {exc}") from None
         ins, outs = interp.get_input_details(), interp.get_output_details()
         if lite is not None:
-            _check_lite(backend, staging / "model_lite.tflite", lite, contract_from_details(ins, outs))
+            try:  # the same check the daemon's validation runs
+                check_lite(staging, backend, "xnnpack", None, contract_from_details(ins, outs))
+            except ModelError as exc:
+                raise ModelError(f"{lite} (--lite): does not load as a drop-in replacement for the model: "
+                                 f"{exc.message}") from None
         golden = []
         if golden_inputs:
             (staging / "golden").mkdir()
@@ -113,15 +117,3 @@ def pack(
         raise
     return target
 
-
-def _check_lite(backend: Any, path: Path, src: Path, contract: dict[str, Any]) -> None:
-    """Refuse a ``--lite`` file that does not load or does not keep the full model's contract."""
-    try:
-        interp = backend.interpreter_cls(model_content=path.read_bytes())
-        interp.allocate_tensors()
-    except Exception as exc:
-        raise ModelError(f"{src} (--lite): does not load with {backend.describe()}: {exc}") from None
-    lite = contract_from_details(interp.get_input_details(), interp.get_output_details())
-    if not same_contract(lite, contract):
-        raise ModelError(f"{src} (--lite): its inputs/outputs differ from the model's; "
-                         f"a lite variant must be a drop-in replacement")

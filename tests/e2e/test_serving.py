@@ -155,24 +155,28 @@ def test_typed_errors_in_the_client(daemon, repo):
         assert info.value.code is ErrorCode.BAD_DTYPE
 
 
-def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(daemon, repo, sockdir):
-    x = golden_inputs(repo)[0]
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
+def sigterm_with_requests_queued(daemon, x: np.ndarray, n: int) -> list[dict]:
+    """Pipeline ``n`` predicts, SIGTERM once the first is answered, collect every reply; the daemon exits 0."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(daemon.endpoint)
-    n = 60
     header = {"v": 1, "op": "predict", "inputs": [protocol.tensor_meta(x)]}
     for i in range(n):
         sock.send_multipart([json.dumps({**header, "id": i}).encode(), x.tobytes()])
-    # Wait for the first answer, so requests are certainly in the daemon, then stop it.
-    assert sock.poll(10_000)
+    # Wait for the first answer, so the requests are certainly in the daemon, then stop it.
+    assert sock.poll(30_000)
     replies = [json.loads(sock.recv_multipart()[0])]
     daemon.send_signal(signal.SIGTERM)
-    while len(replies) < n and sock.poll(10_000):
+    while len(replies) < n and sock.poll(30_000):
         replies.append(json.loads(sock.recv_multipart()[0]))
     sock.close()
     assert daemon.stop(sig=None) == 0
+    return replies
+
+
+def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(daemon, repo, sockdir):
+    n = 60
+    replies = sigterm_with_requests_queued(daemon, golden_inputs(repo)[0], n)
     assert sorted(r["id"] for r in replies) == list(range(n)), "every request got an answer"
     outcomes = {r["ok"] or r["error"]["code"] for r in replies}
     assert outcomes <= {True, "SHUTTING_DOWN"} and True in outcomes
@@ -185,21 +189,8 @@ def test_requests_not_started_when_the_grace_period_ends_are_answered_shutting_d
     repo = tmp_path / "slow-repo"
     publish(repo, "v1", tb.slow_model(size=64, depth=4), tmp=tmp_path)
     d = daemon_factory(repo, "--workers", "1", "--set", "server.grace_period_s=0")
-    x = np.zeros((1, 8, 8, 1), np.float32)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(d.endpoint)
     n = 20
-    header = {"v": 1, "op": "predict", "inputs": [protocol.tensor_meta(x)]}
-    for i in range(n):
-        sock.send_multipart([json.dumps({**header, "id": i}).encode(), x.tobytes()])
-    assert sock.poll(30_000)
-    replies = [json.loads(sock.recv_multipart()[0])]  # the first is computed: all are queued now
-    d.send_signal(signal.SIGTERM)
-    while len(replies) < n and sock.poll(30_000):
-        replies.append(json.loads(sock.recv_multipart()[0]))
-    sock.close()
-    assert d.stop(sig=None) == 0
+    replies = sigterm_with_requests_queued(d, np.zeros((1, 8, 8, 1), np.float32), n)
     assert sorted(r["id"] for r in replies) == list(range(n)), "every request got an answer, none was dropped"
     codes = [r["ok"] or r["error"]["code"] for r in replies]
     assert set(codes) <= {True, "SHUTTING_DOWN"} and "SHUTTING_DOWN" in codes

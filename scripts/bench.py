@@ -160,6 +160,7 @@ def role_swaploop(args: dict[str, Any]) -> int:
     first_target: float | None = None
     rows: list[tuple[float, float, str]] = []
     errors: list[tuple[float, str]] = []
+    timing: list[dict[str, Any]] = []  # the daemon's split of each row's time
     with Client(args["endpoint"], timeout=10.0) as c:
         for _ in range(1_000_000):
             t0 = time.monotonic()
@@ -172,9 +173,10 @@ def role_swaploop(args: dict[str, Any]) -> int:
                 continue
             t1 = time.monotonic()
             rows.append((t0, t1, r.version))
+            timing.append(r.timing)
             if r.version == args["target"] and first_target is None:
                 first_target = t1
-    Path(args["out"]).write_text(json.dumps({"rows": rows, "errors": errors}))
+    Path(args["out"]).write_text(json.dumps({"rows": rows, "timing": timing, "errors": errors}))
     return 0
 
 
@@ -470,14 +472,14 @@ class RssSampler(threading.Thread):
 
 
 def measure_swap(d: DaemonRun, repo: Path, model_src: Path, golden: Path, env: dict[str, str], workdir: Path,
-                 runtime: str, steady_s: float) -> dict[str, Any]:
-    """Publish v2 with pack() while a client process loops predicts on the daemon."""
+                 runtime: str, steady_s: float, version: str = "v2") -> dict[str, Any]:
+    """Publish ``version`` with pack() while a client process loops predicts on the daemon."""
     from edged.repository.pack import pack
 
-    out = workdir / "swaploop.json"
+    out = workdir / f"swaploop-{version}.json"
     sampler = RssSampler(d.proc.pid)
     sampler.start()
-    client = spawn_role("swaploop", {"endpoint": d.endpoint, "target": "v2", "tail_s": 1.5,
+    client = spawn_role("swaploop", {"endpoint": d.endpoint, "target": version, "tail_s": 1.5,
                                      "max_s": steady_s + 90, "out": str(out)}, env)
     time.sleep(steady_s + 0.5)  # client start-up plus a steady-state window
     renamed: list[float] = []
@@ -490,7 +492,7 @@ def measure_swap(d: DaemonRun, repo: Path, model_src: Path, golden: Path, env: d
     os.rename = stamped_rename  # type: ignore[assignment]
     try:
         t_pack = time.monotonic()
-        pack(model_src, name="bench", version="v2", repo=repo, golden_inputs=[golden], runtime=runtime,
+        pack(model_src, name="bench", version=version, repo=repo, golden_inputs=[golden], runtime=runtime,
              created_by={"command": "scripts/bench.py", "seed": 1})
     finally:
         os.rename = orig_rename  # type: ignore[assignment]
@@ -499,7 +501,7 @@ def measure_swap(d: DaemonRun, repo: Path, model_src: Path, golden: Path, env: d
     sampler.stop()
     data = json.loads(out.read_text())
     rows = data["rows"]
-    first_v2 = next((t1 for (t0, t1, v) in rows if v == "v2"), None)
+    first_v2 = next((t1 for (t0, t1, v) in rows if v == version), None)
     client_start = rows[0][0] if rows else t_rename
     steady = [t1 - t0 for (t0, t1, _) in rows if client_start + 0.5 <= t0 < t_rename]
     window_end = (first_v2 if first_v2 is not None else t_rename) + 0.5
@@ -509,6 +511,7 @@ def measure_swap(d: DaemonRun, repo: Path, model_src: Path, golden: Path, env: d
     kids = [k for (t, _, k) in sampler.samples if t_rename <= t <= window_end + 1.0]
     validated = d.logged_ms(r"validated in (\d+) ms")
     return {
+        "version": version, "_steady": steady, "_during": during,
         "pack_s": round(t_rename - t_pack, 3),
         "first_v2_reply_s": round(first_v2 - t_rename, 3) if first_v2 is not None else None,
         "validation_ms": validated[-1] if validated else None,
@@ -520,6 +523,35 @@ def measure_swap(d: DaemonRun, repo: Path, model_src: Path, golden: Path, env: d
         "rss_samples": len(sampler.samples),
         "errors": len(data["errors"]), "error_examples": data["errors"][:3],
         "versions_seen": sorted({v for (_, _, v) in rows}),
+    }
+
+
+def measure_swaps(d: DaemonRun, repo: Path, sources: list[Path], golden: Path, env: dict[str, str], workdir: Path,
+                  runtime: str, steady_s: float, count: int) -> dict[str, Any]:
+    """``count`` swaps in a row (v2, v3, …, alternating ``sources``), each under load.
+
+    One swap window holds ~200 requests, so its p99 is its second-worst request: too
+    few for a stable figure.  The verdicts use every swap's requests pooled (p99 of
+    all swap windows against p99 of all steady windows), the slowest swap's time to
+    first reply and the largest RSS growth; each swap is also listed.
+    """
+    runs = [measure_swap(d, repo, sources[i % len(sources)], golden, env, workdir, runtime, steady_s,
+                         version=f"v{i + 2}") for i in range(count)]
+    steady = [x for r in runs for x in r.pop("_steady")]
+    during = [x for r in runs for x in r.pop("_during")]
+    for r in runs:
+        s99, d99 = r["steady"]["p99_ms"], r["during_swap"]["p99_ms"]
+        r["p99_ratio"] = round(d99 / s99, 3) if s99 and d99 else None
+    extra = [r["first_v2_reply_s"] - r["validation_ms"] / 1000 for r in runs
+             if r["first_v2_reply_s"] is not None and r["validation_ms"] is not None]
+    grow = [r["rss_peak_mb"] - r["rss_before_mb"] for r in runs
+            if r["rss_peak_mb"] is not None and r["rss_before_mb"] is not None]
+    return {
+        "count": count, "runs": runs, "steady": ms(steady), "during_swap": ms(during),
+        "all_swapped": len(extra) == count,
+        "worst_reply_minus_validation_s": round(max(extra), 3) if extra else None,
+        "worst_rss_growth_mb": round(max(grow), 1) if grow else None,
+        "errors": sum(r["errors"] for r in runs),
     }
 
 
@@ -580,22 +612,26 @@ def build_checks(r: dict[str, Any]) -> list[dict[str, Any]]:
     add("start → first health reply", f"{rd['ready_s_median'] * 1000:.0f} ms (log: ready in "
         f"{rd['logged_ready_ms_median']:.0f} ms)", "≤ 1000 ms", rd["ready_s_median"] <= 1.0)
     sw = r["swap"]
-    if sw["first_v2_reply_s"] is not None and sw["validation_ms"] is not None:
-        extra = sw["first_v2_reply_s"] - sw["validation_ms"] / 1000
-        add("swap: manifest → first v2 reply, minus validation",
-            f"{extra * 1000:.0f} ms ({sw['first_v2_reply_s'] * 1000:.0f} − {sw['validation_ms']:.0f} ms)",
+    runs = sw["runs"]
+    if sw["all_swapped"]:
+        worst = max(runs, key=lambda x: x["first_v2_reply_s"] - x["validation_ms"] / 1000)
+        extra = sw["worst_reply_minus_validation_s"]
+        add(f"swap: manifest → first reply, minus validation (worst of {len(runs)})",
+            f"{extra * 1000:.0f} ms ({worst['first_v2_reply_s'] * 1000:.0f} − {worst['validation_ms']:.0f} ms)",
             "≤ 500 ms", extra <= 0.5)
     else:
-        add("swap: manifest → first v2 reply", "no v2 reply", "≤ 500 ms + validation", False)
+        add("swap: manifest → first reply", "a swap never replied from its new version", "≤ 500 ms + validation",
+            False)
     if sw["during_swap"]["p99_ms"] and sw["steady"]["p99_ms"]:
         f = sw["during_swap"]["p99_ms"] / sw["steady"]["p99_ms"]
-        add("swap: p99 during swap / steady p99", f"{f:.2f}× ({sw['during_swap']['p99_ms']:.2f} / "
-            f"{sw['steady']['p99_ms']:.2f} ms)", "≤ 1.5×", f <= 1.5)
+        add(f"swap: p99 during swaps / steady p99 ({len(runs)} swaps pooled)",
+            f"{f:.2f}× ({sw['during_swap']['p99_ms']:.2f} / {sw['steady']['p99_ms']:.2f} ms)", "≤ 1.5×", f <= 1.5)
     one_model = rss["model_footprint_mb"]
-    if sw["rss_peak_mb"] is not None and sw["rss_before_mb"] is not None:
-        grow = sw["rss_peak_mb"] - sw["rss_before_mb"]
-        add("swap: peak RSS − RSS before", f"{grow:.1f} MB (one loaded model = {one_model:.1f} MB)",
-            f"≤ 2× model = {2 * one_model:.1f} MB", grow <= 2 * one_model)
+    if sw["worst_rss_growth_mb"] is not None:
+        add("swap: peak RSS − RSS before (worst swap)", f"{sw['worst_rss_growth_mb']:.1f} MB "
+            f"(one loaded model = {one_model:.1f} MB)", f"≤ 2× model = {2 * one_model:.1f} MB",
+            sw["worst_rss_growth_mb"] <= 2 * one_model)
+    add("swap: failed requests during the swaps", str(sw["errors"]), "0", sw["errors"] == 0)
     return checks
 
 
@@ -631,6 +667,10 @@ def print_report(r: dict[str, Any]) -> None:
         t = {x["concurrency"]: x for x in r[f"edged_{label}"]["throughput"]}
         lines.append(f"{'edged ' + label + ' (client processes)':44} " + " ".join(
             f"{t[c]['rps']:9.1f}" for c in (1, 2, 4)))
+    sw = r["swap"]
+    lines += ["", f"swaps under load ({sw['count']}): p99 during / steady per swap "
+              + ", ".join(f"{x['version']} {x['p99_ratio']}×" for x in sw["runs"])
+              + f"; pooled n = {sw['during_swap']['n']} during, {sw['steady']['n']} steady"]
     lines += ["", f"{'figure':54} {'value':44} {'target':22} result"]
     for c in r["checks"]:
         lines.append(f"{c['figure']:54} {str(c['value']):44} {c['target']:22} {c['result']}")
@@ -801,7 +841,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         d = DaemonRun(repo, ipc_ep, ctl_ep, workdir, args.runtime, workers, env, "swap")
         daemons.append(d)
         d.wait_ready()
-        result["swap"] = measure_swap(d, repo, src2, golden, env, workdir, args.runtime, 3.0 if quick else 6.0)
+        result["swap"] = measure_swaps(d, repo, [src2, src1], golden, env, workdir, args.runtime,
+                                       3.0 if quick else 4.0, 1 if quick else 5)
         d.stop()
         result["checks"] = build_checks(result)
         result["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]

@@ -51,6 +51,10 @@ from edged.states import VersionState
 
 log = logging.getLogger("edged.repository")
 
+# Gap between one interpreter build or warm-up and the next during a live swap: about
+# one request's time, so no request waits behind two GIL-holding allocate_tensors().
+LOAD_PAUSE_S = 0.010
+
 
 @dataclass
 class ProbationTracker:
@@ -157,9 +161,14 @@ class ModelManager:
             preprocessing=(manifest or {}).get("preprocessing"), labels=layout.read_labels(path), manifest=manifest,
         )
 
-    def load(self, name: str, version: str, *, variant: str | None = None) -> LoadedModel:
-        """Load one version in-process; raises :class:`ModelError` (or ``NotFoundError``)."""
-        return LoadedModel.load(self.spec_for(name, version, variant=variant))
+    def load(self, name: str, version: str, *, variant: str | None = None, live: bool = False) -> LoadedModel:
+        """Load one version in-process; raises :class:`ModelError` (or ``NotFoundError``).
+
+        ``live``: requests are being served meanwhile, so the interpreter builds and
+        warm-ups are spaced :data:`LOAD_PAUSE_S` apart (see :meth:`LoadedModel.load`).
+        """
+        pause = (lambda: self.clock.sleep(LOAD_PAUSE_S)) if live else None
+        return LoadedModel.load(self.spec_for(name, version, variant=variant), pause)
 
     def start(self) -> None:
         """Serve every model in the repository, then start the swap thread.
@@ -440,6 +449,7 @@ class ModelManager:
             return {"model": name, "version": version, "changed": False}
         fingerprint = self._fingerprint(path)
         t0 = time.monotonic()
+        log.debug("%s/%s: validating (%s)", name, version, op.reason)
         try:
             report = check.validate_in_child(path, runtime=self.backend.name, delegate=self.config.runtime.delegate,
                                              timeout=self.config.repository.validation_timeout_s)
@@ -464,8 +474,9 @@ class ModelManager:
         baseline_variant = previous.spec.variant if previous is not None else "full"
         self.state.update(name, probation=Probation(version, st.committed, 1, self.clock.time(), baseline,
                                                     baseline_variant))
+        log.debug("%s/%s: validated in %.0f ms; loading", name, version, validate_s * 1000)
         try:
-            new = self.load(name, version)
+            new = self.load(name, version, live=True)
         except EdgedError as exc:
             self.state.update(name, probation=None)
             slot.rejected[version] = (fingerprint, exc.message)
@@ -518,7 +529,7 @@ class ModelManager:
             # The lite file of a version not validated in this process stays out until
             # the variant op below has validated it in a child.
             lite = self.variant == "lite" and self._lite_known_good(slot, target)
-            new = self.load(name, target, variant="lite" if lite else "full")
+            new = self.load(name, target, variant="lite" if lite else "full", live=True)
         with self._lock:
             slot.probation = None
             old = slot.serving
@@ -545,7 +556,7 @@ class ModelManager:
             return None  # nothing to switch to; the full model keeps serving
         if self.variant == "lite" and not self._lite_validated(slot, cur.version, cur.spec.path):
             return None
-        new = self.load(name, cur.version, variant=self.variant)  # same contract: the child checked it
+        new = self.load(name, cur.version, variant=self.variant, live=True)  # same contract: the child checked it
         with self._lock:
             slot.serving = new
             tracker = slot.probation

@@ -19,7 +19,7 @@ import logging
 import queue
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +122,13 @@ class LoadedModel:
     # -- loading -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, spec: LoadSpec) -> LoadedModel:
+    def load(cls, spec: LoadSpec, pause: Callable[[], None] | None = None) -> LoadedModel:
         """Build, allocate and warm ``spec.workers`` interpreters.
+
+        ``pause``, when given, is called between one interpreter's build or warm-up
+        and the next.  A swap under load passes a short sleep: ``allocate_tensors()``
+        holds the GIL for milliseconds, and spacing the builds out keeps any one
+        request from waiting behind more than one of them.
 
         Raises :class:`ModelError` with an actionable message when the file is
         missing, the runtime rejects an operator, a custom op is missing, or an
@@ -140,9 +145,13 @@ class LoadedModel:
             except OSError as exc:
                 raise ModelError(f"{plan.model_file}: cannot read model: {exc.strerror}") from None
             try:
-                interpreters = [cls._build(spec, plan, content) for _ in range(max(1, spec.workers))]
+                interpreters = []
+                for i in range(max(1, spec.workers)):
+                    if i and pause is not None:
+                        pause()
+                    interpreters.append(cls._build(spec, plan, content))
                 model = cls(spec, plan, content, interpreters)
-                model.warm()
+                model.warm(pause)
                 break
             except ModelError:
                 raise
@@ -165,12 +174,14 @@ class LoadedModel:
         interp.allocate_tensors()
         return interp
 
-    def warm(self) -> None:
+    def warm(self, pause: Callable[[], None] | None = None) -> None:
         """Run every interpreter once on zeros, so the first real request pays no lazy setup."""
         zeros = [np.zeros(t.shape, t.dtype) for t in self.inputs]
         held = [self._pool.get() for _ in range(self.pool_size)]
         try:
             for interp in held:
+                if pause is not None:
+                    pause()
                 for spec, arr in zip(self.inputs, zeros):
                     interp.set_tensor(spec.index, arr)
                 interp.invoke()

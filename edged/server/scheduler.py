@@ -71,7 +71,11 @@ class Scheduler:
     def done(self) -> None:
         with self._cond:
             self.active -= 1
-            self._wake()
+            # Only a bound can hold a queued job back from a waiting worker; without
+            # one, a finished job frees nothing a waiter could use, and waking the idle
+            # worker for nothing costs the finishing one a GIL hand-off on its reply.
+            if self.max_active is not None and any(self._queues.values()):
+                self._cond.notify_all()
 
     def set_max_active(self, value: int | None) -> None:
         with self._cond:

@@ -35,6 +35,15 @@ def test_pool_runs_and_outputs_are_copies(backend, tmp_path):
     assert m.pool_size == 2 and m.delegate in ("xnnpack", "cpu")
 
 
+def test_live_load_pauses_between_each_build_and_warm_up(backend, tmp_path):
+    # A swap under load spaces out the GIL-holding allocate_tensors() calls.
+    calls: list[int] = []
+    m = LoadedModel.load(LoadSpec("m", "v1", version(tmp_path, tb.random_classifier(seed=1)), backend, workers=3),
+                         pause=lambda: calls.append(1))
+    assert len(calls) == 2 + 3  # between the 3 builds, then before each of the 3 warm-ups
+    assert m.pool_size == 3 and m.run([np.ones((1, 8, 8, 1), np.float32)]).outputs[0].shape == (1, 10)
+
+
 def test_input_checks_name_the_problem(backend, tmp_path):
     m = load(backend, version(tmp_path, tb.random_classifier(seed=1)))
     with pytest.raises(RequestError) as e:

@@ -62,6 +62,59 @@ def test_blocked_worker_wakes_when_bound_is_raised() -> None:
     assert not t.is_alive() and got == ["a"]
 
 
+def test_finishing_a_job_under_a_bound_wakes_a_worker_held_back_by_it() -> None:
+    s = Scheduler(queue_size=10)
+    s.set_max_active(1)
+    s.submit("a")
+    s.submit("b")
+    assert s.try_get(0) == "a"
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(s.get(0)))
+    t.start()  # blocks: the one slot is taken
+    s.done()
+    t.join(timeout=30)
+    assert not t.is_alive() and got == ["b"]
+
+
+class CountingCondition:
+    """threading.Condition that counts its notifications."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.notified = 0
+
+    def __enter__(self) -> bool:
+        return self._cond.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._cond.__exit__(*exc)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._cond.wait(timeout)
+
+    def notify(self, n: int = 1) -> None:
+        self.notified += 1
+        self._cond.notify(n)
+
+    def notify_all(self) -> None:
+        self.notified += 1
+        self._cond.notify_all()
+
+
+def test_finishing_a_job_without_a_bound_wakes_nobody() -> None:
+    # Without a bound a waiting worker could not use anything done() frees; waking it
+    # would only cost the finishing worker a GIL hand-off on its way to the reply.
+    s = Scheduler(queue_size=10)
+    s._cond = CountingCondition()  # type: ignore[assignment]
+    s.submit("a")
+    s.submit("b")
+    assert s._cond.notified == 2  # one per submitted job
+    assert s.try_get(0) == "a"
+    s.done()
+    assert s._cond.notified == 2
+    assert s.try_get(0) == "b"  # still queued for the next free worker
+
+
 def test_close_releases_waiting_workers() -> None:
     s = Scheduler(queue_size=10)
     s.set_max_active(1)

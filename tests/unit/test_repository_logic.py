@@ -130,3 +130,23 @@ def test_keep_previous_only_while_memory_allows(tmp_path: Path, caplog):
     assert not mgr._can_keep(None)
     unknown = ModelManager(cfg, backend=None, available_memory=lambda: None)  # no reading: keep, as configured
     assert unknown._can_keep(old)
+
+
+@pytest.mark.runtime
+def test_live_loads_are_paced_on_the_clock_and_boot_loads_are_not(tmp_path: Path, backend):
+    from edged import config as config_mod
+    from edged.repository.manager import LOAD_PAUSE_S, ModelManager
+    from edged.seams import FakeClock
+    from edged.testing import tflite_build as tb
+
+    vdir = tmp_path / "m" / "v1"
+    vdir.mkdir(parents=True)
+    (vdir / "model.tflite").write_bytes(tb.random_classifier(seed=1))
+    cfg = config_mod.load(None, {"repository.path": str(tmp_path), "server.workers": 2})
+    clock = FakeClock()
+    mgr = ModelManager(cfg, backend=backend, clock=clock)
+    t0 = clock.monotonic()
+    mgr.load("m", "v1")
+    assert clock.monotonic() == t0  # starting up: nothing to make room for
+    mgr.load("m", "v1", live=True)
+    assert clock.monotonic() - t0 == pytest.approx(3 * LOAD_PAUSE_S)  # 1 between builds + 2 before warm-ups

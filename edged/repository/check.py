@@ -23,11 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from edged.errors import EdgedError, ErrorCode, ModelError
+from edged.errors import EdgedError, ErrorCode, ModelError, RetryableError
 from edged.repository import layout
 from edged.runtime.model import LITE_MODEL
 
 VALIDATION_NICE = 19  # the child's niceness (see _lower_priority)
+
+
+class ValidationStarved(RetryableError):
+    """The child ran out of time waiting for a CPU, not computing: the version is not at fault."""
+
+    code = ErrorCode.VALIDATION_FAILED
 
 
 def static_checks(path: Path) -> dict[str, Any] | None:
@@ -220,17 +226,25 @@ def validate_in_child(path: Path, *, runtime: str, delegate: str, timeout: float
     # threads would otherwise spin on the cores that are serving requests.
     env = {**os.environ, "PYTHONFAULTHANDLER": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     # Popen, not run(preexec_fn=...): a preexec_fn forces fork() of this big, threaded
-    # process, where posix_spawn/vfork costs the serving threads nothing.
+    # process, where without one CPython uses vfork(), which costs the serving threads nothing.
     with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env=env) as child:
         _lower_priority(child.pid)
         try:
             out, err = child.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            waited = run_delay_s(child.pid)  # before the kill: /proc/PID goes with the child
             child.kill()
             child.communicate()
+            if waited is not None and waited >= timeout / 2:
+                raise ValidationStarved(
+                    f"validation did not finish within {timeout:.0f}s because the machine was too busy to run "
+                    f"it (it waited {waited:.0f}s for a CPU); it will be tried again") from None
             raise ModelError(f"validation hung: no result within {timeout:.0f}s",
                              code=ErrorCode.VALIDATION_FAILED) from None
+        except BaseException:  # interrupted: never leave the child running
+            child.kill()
+            raise
     proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     try:
@@ -251,14 +265,28 @@ def validate_in_child(path: Path, *, runtime: str, delegate: str, timeout: float
 def _lower_priority(pid: int) -> None:
     """Nice 19: on a 2-core board serving must win the CPU over validation.
 
-    Not ``SCHED_IDLE``: under sustained full load that could starve the child past
-    its time limit and reject a good version.  At nice 19 it still gets ~1.5 % of a
-    busy core, enough for a few hundred ms of work within ``validation_timeout_s``.
+    At nice 19 the child still gets ~1.4 % of a core that is busy with serving, ~0.4 s
+    of CPU in the default 30 s limit, where it needs 0.2-0.4 s for a 4 MB model.  A
+    child that runs out of time *waiting* for a CPU is told apart from one that hangs
+    (see :func:`run_delay_s`): the version is retried later, not rejected.  Not
+    ``SCHED_IDLE``, which would get no CPU at all under sustained full load.
     """
     try:
         os.setpriority(os.PRIO_PROCESS, pid, VALIDATION_NICE)
     except OSError:  # not permitted in some sandboxes, or already gone: validate as it is
         pass
+
+
+def run_delay_s(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """Seconds ``pid``'s main thread has spent runnable but waiting for a CPU; None if unknown.
+
+    The second field of ``/proc/PID/schedstat`` (nanoseconds).  A hung child sleeps or
+    spins and barely waits; a starved one has waited most of its life.
+    """
+    try:
+        return int((proc / str(pid) / "schedstat").read_text().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _tail(text: str, n: int = 300) -> str:

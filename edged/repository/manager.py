@@ -55,6 +55,9 @@ log = logging.getLogger("edged.repository")
 # one request's time, so no request waits behind two GIL-holding allocate_tensors().
 LOAD_PAUSE_S = 0.010
 
+# After a validation that ran out of time waiting for a CPU, the next try of that version.
+VALIDATION_RETRY_S = 60.0
+
 
 @dataclass
 class ProbationTracker:
@@ -340,10 +343,15 @@ class ModelManager:
             return False
         age = self.clock.time() - newest
         if age < self.config.repository.settle_s:
-            due = self.clock.monotonic() + (self.config.repository.settle_s - age) + 0.05
-            self.rescan_at = due if self.rescan_at is None else min(self.rescan_at, due)
+            self._rescan_in(self.config.repository.settle_s - age + 0.05)
             return False
         return True
+
+    def _rescan_in(self, seconds: float) -> None:
+        """Have the main loop call :meth:`scan` again in ``seconds`` (from any thread)."""
+        due = self.clock.monotonic() + seconds
+        current = self.rescan_at
+        self.rescan_at = due if current is None else min(current, due)
 
     @staticmethod
     def _fingerprint(path: Path) -> tuple[Any, ...]:
@@ -429,7 +437,10 @@ class ModelManager:
                 if slot is not None and op.kind == "swap" and slot.pending == op.version:
                     slot.pending = None
             if error is not None and (op.reason == "auto" or op.kind == "variant"):
-                log.error("%s/%s refused: %s", op.model, op.version, getattr(error, "message", error))
+                if isinstance(error, check.ValidationStarved):
+                    log.warning("%s/%s not swapped yet: %s", op.model, op.version, error.message)
+                else:
+                    log.error("%s/%s refused: %s", op.model, op.version, getattr(error, "message", error))
             if op.done is not None:
                 op.done(result, error)
 
@@ -459,6 +470,9 @@ class ModelManager:
                                  f"({check.contract_text(slot.serving.contract())} -> "
                                  f"{check.contract_text(report['contract'])}); "
                                  f"swap with --force to accept it", code=ErrorCode.CONTRACT_CHANGED)
+        except check.ValidationStarved:
+            self._rescan_in(VALIDATION_RETRY_S)  # the version is not at fault: look again later
+            raise
         except EdgedError as exc:
             slot.rejected[version] = (fingerprint, exc.message)
             self.emit({"event": "rejected", "model": name, "version": version, "reason": exc.message})
@@ -605,6 +619,13 @@ class ModelManager:
         try:
             check.validate_in_child(path, runtime=self.backend.name, delegate=self.config.runtime.delegate,
                                     timeout=self.config.repository.validation_timeout_s)
+        except check.ValidationStarved as exc:
+            log.warning("%s/%s: %s in %.0f s; the full model keeps serving meanwhile", slot.name, version,
+                        exc.message, VALIDATION_RETRY_S)
+            retry = threading.Timer(VALIDATION_RETRY_S, self._ops.put, args=(_Op("variant", slot.name, reason="retry"),))
+            retry.daemon = True
+            retry.start()
+            return False
         except EdgedError as exc:
             slot.lite_rejected[version] = (fingerprint, exc.message)
             log.error("%s/%s: not switching to %s: %s; the full model keeps serving",

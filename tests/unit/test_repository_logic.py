@@ -150,3 +150,41 @@ def test_live_loads_are_paced_on_the_clock_and_boot_loads_are_not(tmp_path: Path
     assert clock.monotonic() == t0  # starting up: nothing to make room for
     mgr.load("m", "v1", live=True)
     assert clock.monotonic() - t0 == pytest.approx(3 * LOAD_PAUSE_S)  # 1 between builds + 2 before warm-ups
+
+
+def test_a_starved_validation_is_retried_later_and_a_hang_is_remembered(tmp_path: Path, monkeypatch):
+    from types import SimpleNamespace
+
+    from edged import config as config_mod
+    from edged.errors import ErrorCode, ModelError
+    from edged.repository import check
+    from edged.repository.manager import VALIDATION_RETRY_S, ModelManager, ModelSlot, _Op
+    from edged.seams import FakeClock
+
+    for v in ("v1", "v2"):
+        (tmp_path / "m" / v).mkdir(parents=True)
+        (tmp_path / "m" / v / "model.tflite").write_bytes(b"stand-in: validation is faked below")
+    cfg = config_mod.load(None, {"repository.path": str(tmp_path)})
+    clock = FakeClock()
+    mgr = ModelManager(cfg, backend=SimpleNamespace(name="litert"), clock=clock)
+    slot = mgr.slots["m"] = ModelSlot("m")
+    events: list[dict] = []
+    mgr.emit = events.append
+
+    def starved(*args, **kw):
+        raise check.ValidationStarved("validation did not finish within 30s because the machine was too busy")
+
+    monkeypatch.setattr(check, "validate_in_child", starved)
+    with pytest.raises(check.ValidationStarved):
+        mgr._swap(_Op("swap", "m", "v2", reason="auto"))
+    assert slot.rejected == {} and events == []  # not the version's fault: not remembered
+    assert mgr.rescan_at == pytest.approx(clock.monotonic() + VALIDATION_RETRY_S)
+
+    def hung(*args, **kw):
+        raise ModelError("validation hung: no result within 30s", code=ErrorCode.VALIDATION_FAILED)
+
+    monkeypatch.setattr(check, "validate_in_child", hung)
+    with pytest.raises(ModelError):
+        mgr._swap(_Op("swap", "m", "v2", reason="auto"))
+    assert slot.rejected["v2"][1] == "validation hung: no result within 30s"  # not retried until republished
+    assert events[-1]["event"] == "rejected"

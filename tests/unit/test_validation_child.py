@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.errors import ErrorCode, ModelError
+from edged.errors import ErrorCode, ModelError, RetryableError
 from edged.repository import check
 
 
@@ -54,3 +54,25 @@ def test_child_runs_at_lowest_priority_with_one_blas_thread(tmp_path, monkeypatc
                   'sleep 0.01; done; echo "{\\"ok\\": true, \\"nice\\": $n, \\"blas\\": \\"$OPENBLAS_NUM_THREADS\\"}"'))
     report = check.validate_in_child(tmp_path, runtime="auto", delegate="auto", timeout=60)
     assert report == {"ok": True, "nice": check.VALIDATION_NICE, "blas": "1"}
+
+
+def test_run_delay_is_read_from_a_proc_tree(tmp_path):
+    (tmp_path / "123").mkdir()
+    (tmp_path / "123" / "schedstat").write_text("150000000 21500000000 42\n")
+    assert check.run_delay_s(123, proc=tmp_path) == 21.5
+    assert check.run_delay_s(124, proc=tmp_path) is None  # gone, or no schedstat (non-Linux)
+
+
+@pytest.mark.parametrize(("waited", "starved"), [(0.9, True), (0.5, True), (0.1, False), (None, False)])
+def test_a_child_that_timed_out_waiting_for_a_cpu_is_retried_not_rejected(tmp_path, monkeypatch, waited, starved):
+    # A sleeping child has waited for no CPU: that is a hang, the version's fault.  One that
+    # spent most of the limit runnable but not running was starved by serving load.
+    monkeypatch.setattr(check.sys, "executable", fake_interpreter(tmp_path, "exec sleep 600"))
+    monkeypatch.setattr(check, "run_delay_s", lambda pid: waited)
+    with pytest.raises(ModelError if not starved else check.ValidationStarved) as info:
+        check.validate_in_child(tmp_path, runtime="auto", delegate="auto", timeout=1)
+    assert info.value.code is ErrorCode.VALIDATION_FAILED
+    if starved:
+        assert isinstance(info.value, RetryableError) and "too busy" in info.value.message
+    else:
+        assert "validation hung" in info.value.message

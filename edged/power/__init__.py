@@ -15,7 +15,7 @@ The server samples a :class:`~edged.power.sensors.Source` every
     decision = policy.decide(source.read())
     if decision.changed:
         governor.apply_profile(cfg.profile(decision.profile))
-        scheduler.set_max_active(governor.max_active)
+        scheduler.set_max_active(governor.concurrency_bound)
     # each predict: governor.admit(priority, now, queue_depth) → THROTTLED if not ok
     # each worker:  clock.sleep(governor.wait_before_invoke(i)); ...; governor.record_invoke(i, t0, dt)
 

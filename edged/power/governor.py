@@ -136,6 +136,15 @@ class Governor:
             return self.workers if limit is None else min(self.workers, limit)
 
     @property
+    def concurrency_bound(self) -> int | None:
+        """``max_active`` when it holds some workers back, else None (for ``Scheduler.set_max_active``).
+
+        Without a bound the scheduler wakes one worker per job instead of all of them.
+        """
+        bound = self.max_active
+        return bound if bound < self.workers else None
+
+    @property
     def queue_limit(self) -> int:
         """The profile's queue limit for ``normal`` requests (never above the server's)."""
         with self._lock:

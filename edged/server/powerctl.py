@@ -72,7 +72,7 @@ class PowerController:
         profile = self.config.profile(name)
         d = self.daemon
         self.governor.apply_profile(profile)
-        d.scheduler.set_max_active(self.governor.max_active)
+        d.scheduler.set_max_active(self.governor.concurrency_bound)
         d.profile = name
         models = d.models
         models.num_threads = profile.num_threads

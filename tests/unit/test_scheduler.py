@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 
 import pytest
 
@@ -71,9 +72,18 @@ def test_finishing_a_job_under_a_bound_wakes_a_worker_held_back_by_it() -> None:
     got: list[object] = []
     t = threading.Thread(target=lambda: got.append(s.get(0)))
     t.start()  # blocks: the one slot is taken
+    wait_until_waiting(s, 1)  # so done() must wake it, not merely run before it looks
     s.done()
     t.join(timeout=30)
     assert not t.is_alive() and got == ["b"]
+
+
+def wait_until_waiting(s: Scheduler, n: int) -> None:
+    """Return once ``n`` threads wait on the scheduler's condition (bounded, not a timing assumption)."""
+    deadline = time.monotonic() + 30
+    while len(s._cond._waiters) < n:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "worker thread never blocked"
+        time.sleep(0.001)
 
 
 class CountingCondition:
@@ -101,18 +111,32 @@ class CountingCondition:
         self._cond.notify_all()
 
 
-def test_finishing_a_job_without_a_bound_wakes_nobody() -> None:
-    # Without a bound a waiting worker could not use anything done() frees; waking it
-    # would only cost the finishing worker a GIL hand-off on its way to the reply.
+@pytest.mark.parametrize("bound", [None, 1])
+def test_finishing_a_job_that_frees_nothing_usable_wakes_nobody(bound) -> None:
+    # Without a bound, or with nothing queued, a waiting worker could not use what done()
+    # frees; waking it would only cost the finishing worker a GIL hand-off on its way to
+    # the reply.
     s = Scheduler(queue_size=10)
+    s.set_max_active(bound)
     s._cond = CountingCondition()  # type: ignore[assignment]
     s.submit("a")
-    s.submit("b")
-    assert s._cond.notified == 2  # one per submitted job
     assert s.try_get(0) == "a"
+    if bound is None:
+        s.submit("b")  # queued, but any waiting worker was already woken by submit()
+    before = s._cond.notified
     s.done()
-    assert s._cond.notified == 2
-    assert s.try_get(0) == "b"  # still queued for the next free worker
+    assert s._cond.notified == before
+    if bound is None:
+        assert s.try_get(0) == "b"  # still queued for the next free worker
+
+
+def test_governor_bound_is_none_unless_it_holds_workers_back() -> None:
+    g = Governor(Profile(name="p", max_concurrency=None), FakeClock(T0), workers=2, queue_size=8)
+    assert g.max_active == 2 and g.concurrency_bound is None
+    g.apply_profile(Profile(name="q", max_concurrency=2))
+    assert g.concurrency_bound is None
+    g.apply_profile(Profile(name="r", max_concurrency=1))
+    assert g.max_active == 1 and g.concurrency_bound == 1
 
 
 def test_close_releases_waiting_workers() -> None:

@@ -546,11 +546,15 @@ def measure_swaps(d: DaemonRun, repo: Path, sources: list[Path], golden: Path, e
              if r["first_v2_reply_s"] is not None and r["validation_ms"] is not None]
     grow = [r["rss_peak_mb"] - r["rss_before_mb"] for r in runs
             if r["rss_peak_mb"] is not None and r["rss_before_mb"] is not None]
+    peaks = [r["rss_peak_mb"] for r in runs if r["rss_peak_mb"] is not None]
+    idle = runs[0]["rss_before_mb"]
     return {
         "count": count, "runs": runs, "steady": ms(steady), "during_swap": ms(during),
         "all_swapped": len(extra) == count,
         "worst_reply_minus_validation_s": round(max(extra), 3) if extra else None,
         "worst_rss_growth_mb": round(max(grow), 1) if grow else None,
+        # The issue's measure: the highest peak of any swap over the daemon before the first.
+        "peak_over_idle_mb": round(max(peaks) - idle, 1) if peaks and idle is not None else None,
         "errors": sum(r["errors"] for r in runs),
     }
 
@@ -575,7 +579,8 @@ def idle_cpu(pid: int, seconds: float) -> dict[str, Any]:
 
     The figure is the scheduler's own run-time accounting summed over the daemon's
     threads (ns resolution).  psutil's user+system times are shown too; they count in
-    10 ms clock ticks, too coarse for a few ms over 30 s.
+    10 ms clock ticks, too coarse for a few ms over 30 s.  A thread that ends inside
+    the window is not counted (an idle daemon starts and ends none).
     """
     import psutil
 
@@ -659,10 +664,10 @@ def build_checks(r: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"swap: p99 during swaps / steady p99 ({len(runs)} swaps pooled)",
             f"{f:.2f}× ({sw['during_swap']['p99_ms']:.2f} / {sw['steady']['p99_ms']:.2f} ms)", "≤ 1.5×", f <= 1.5)
     one_model = rss["model_footprint_mb"]
-    if sw["worst_rss_growth_mb"] is not None:
-        add("swap: peak RSS − RSS before (worst swap)", f"{sw['worst_rss_growth_mb']:.1f} MB "
-            f"(one loaded model = {one_model:.1f} MB)", f"≤ 2× model = {2 * one_model:.1f} MB",
-            sw["worst_rss_growth_mb"] <= 2 * one_model)
+    if sw["peak_over_idle_mb"] is not None:
+        add("swap: peak RSS − idle daemon before the first swap", f"{sw['peak_over_idle_mb']:.1f} MB "
+            f"(worst single swap {sw['worst_rss_growth_mb']:.1f}; one model {one_model:.1f} MB)",
+            f"≤ 2× model = {2 * one_model:.1f} MB", sw["peak_over_idle_mb"] <= 2 * one_model)
     add("swap: failed requests during the swaps", str(sw["errors"]), "0", sw["errors"] == 0)
     return checks
 

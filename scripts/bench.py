@@ -287,6 +287,14 @@ class DaemonRun:
         return self.proc.returncode
 
 
+def start_daemon(daemons: list[DaemonRun], *args: Any) -> DaemonRun:
+    """``DaemonRun(*args)``, registered in ``daemons`` (stopped on the way out), once it answers."""
+    d = DaemonRun(*args)
+    daemons.append(d)
+    d.wait_ready()
+    return d
+
+
 # ---------------------------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------------------------
@@ -826,9 +834,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         d = None
         for i in range(starts):
             log(f"daemon start {i + 1}/{starts} (ipc)")
-            d = DaemonRun(repo, ipc_ep, ctl_ep, workdir, args.runtime, workers, env, f"ipc{i}")
-            daemons.append(d)
-            ready.append(d.wait_ready())
+            d = start_daemon(daemons, repo, ipc_ep, ctl_ep, workdir, args.runtime, workers, env, f"ipc{i}")
+            ready.append(d.ready_s)
             got = d.logged_ms(r"ready in (\d+) ms")
             logged.append(got[-1] if got else float("nan"))
             if i < starts - 1:
@@ -862,9 +869,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         tcp_ep = f"tcp://127.0.0.1:{port}"
         log(f"edged over {tcp_ep}")
-        d = DaemonRun(repo, tcp_ep, f"ipc://{workdir}/c2.sock", workdir, args.runtime, workers, env, "tcp")
-        daemons.append(d)
-        d.wait_ready()
+        d = start_daemon(daemons, repo, tcp_ep, f"ipc://{workdir}/c2.sock", workdir, args.runtime, workers, env, "tcp")
         tcp: dict[str, Any] = {"endpoint": tcp_ep, "latency": sequential_latency(tcp_ep, n_lat), "throughput": []}
         for c in (1, 2, 4):
             log(f"edged over tcp: throughput, concurrency {c}")
@@ -875,9 +880,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         d.stop()
 
         log("hot swap v1 → v2 under load (ipc)")
-        d = DaemonRun(repo, ipc_ep, ctl_ep, workdir, args.runtime, workers, env, "swap")
-        daemons.append(d)
-        d.wait_ready()
+        d = start_daemon(daemons, repo, ipc_ep, ctl_ep, workdir, args.runtime, workers, env, "swap")
         result["swap"] = measure_swaps(d, repo, [src2, src1], golden, env, workdir, args.runtime,
                                        3.0 if quick else 4.0, 1 if quick else 5)
         d.stop()

@@ -55,7 +55,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # scripts/bench.py; importing it also puts the checkout on sys.path
-from bench import INPUT_SHAPE, DaemonRun, bench_env, bench_input, log, machine_facts, scratch
+from bench import INPUT_SHAPE, DaemonRun, bench_env, bench_input, log, machine_facts, scratch, start_daemon
 
 PROFILES = ("performance", "balanced", "powersave", "critical")
 PASSES = ("normal", "high")
@@ -302,10 +302,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         # DaemonRun reads <workdir>/edged.toml.
         (workdir / "edged.toml").write_text(
             f"[server]\nworkers = {opts.workers}\n\n[power]\nsource = \"file\"\nfile = \"{sensors}\"\n")
-        d = DaemonRun(repo, f"ipc://{workdir}/p.sock", f"ipc://{workdir}/c.sock", workdir, "auto", opts.workers,
-                      env, "power")
-        daemons.append(d)
-        d.wait_ready()
+        d = start_daemon(daemons, repo, f"ipc://{workdir}/p.sock", f"ipc://{workdir}/c.sock", workdir, "auto",
+                         opts.workers, env, "power")
         for profile in PROFILES:
             for priority in PASSES:
                 log(f"{profile}, {priority} priority: {opts.warmup:g} s warm-up + {opts.seconds:g} s window")

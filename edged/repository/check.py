@@ -25,7 +25,8 @@ import numpy as np
 
 from edged.errors import EdgedError, ErrorCode, ModelError, RetryableError
 from edged.repository import layout
-from edged.runtime.model import LITE_MODEL
+from edged.runtime.backends import select_backend
+from edged.runtime.model import LITE_MODEL, LoadedModel, LoadSpec
 
 VALIDATION_NICE = 19  # the child's niceness (see _lower_priority)
 
@@ -90,9 +91,6 @@ def run_checks(path: Path, runtime: str = "auto", delegate: str = "auto") -> dic
     Returns ``{"ok": True, "contract": ..., "samples": n, "golden": bool}``.
     Raises :class:`ModelError` (``VALIDATION_FAILED``/``MODEL_LOAD_FAILED``).
     """
-    from edged.runtime.backends import select_backend
-    from edged.runtime.model import LoadedModel, LoadSpec
-
     manifest = static_checks(path)
     backend = select_backend(runtime)
     check_min_runtime(manifest, backend.name, backend.version)
@@ -147,8 +145,6 @@ def check_lite(path: Path, backend: Any, delegate: str, manifest: dict[str, Any]
     differently), so the lite file is run on generated inputs only.  Raises
     :class:`ModelError` (``VALIDATION_FAILED``) naming the problem.
     """
-    from edged.runtime.model import LoadedModel, LoadSpec
-
     # Never the Edge TPU file: with "auto" and a model_edgetpu.tflite present the plan would
     # load that instead, and the lite file is what serves when the accelerator is gone.
     lite_delegate = "xnnpack" if delegate in ("auto", "edgetpu") else delegate

@@ -610,9 +610,9 @@ class ModelManager:
         A lite file that crashes the runtime must crash the child, not the daemon:
         the daemon may restart in the same power profile and would crash again.
         """
-        if self._lite_known_good(slot, version):
-            return True
         fingerprint = self._fingerprint(path)
+        if slot.lite_ok.get(version) == fingerprint:  # validated in a child, as the files are now
+            return True
         rejected = slot.lite_rejected.get(version)
         if rejected is not None and rejected[0] == fingerprint:
             return False  # reported when it was found

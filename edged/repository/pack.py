@@ -116,4 +116,3 @@ def pack(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-

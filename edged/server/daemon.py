@@ -642,10 +642,9 @@ class Daemon:
                 new.repository.path = self.config.repository.path
             if restart_needed:
                 log.warning("reload: %s change only on restart", ", ".join(restart_needed))
-            logging.getLogger("edged").setLevel(new.server.log_level.upper())
-            self.config.server.log_level = new.server.log_level
-            for key in _LIVE_SERVER_KEYS - {"log_level"}:  # before power: the governor reads queue_size
+            for key in _LIVE_SERVER_KEYS:  # before power: the governor reads queue_size
                 setattr(self.config.server, key, getattr(new.server, key))
+            logging.getLogger("edged").setLevel(new.server.log_level.upper())
             self.scheduler.queue_size = new.server.queue_size
             self.config.repository = new.repository
             self.config.power = new.power

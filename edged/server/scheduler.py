@@ -36,7 +36,12 @@ class Scheduler:
             if sum(len(q) for q in self._queues.values()) >= self.queue_size:
                 raise Throttled(f"queue full ({self.queue_size} waiting)", retry_after_ms=retry_after_ms)
             self._queues[priority].append(job)
-            self._wake()
+            # With a bound, the one thread notify() picks may be a worker that must not
+            # take the job, so every waiter is woken (there are only ``workers`` of them).
+            if self.max_active is None:
+                self._cond.notify()
+            else:
+                self._cond.notify_all()
 
     def get(self, worker_id: int | None = None) -> Any | None:
         """Block until ``worker_id`` may take a job and one is queued; None once closed."""
@@ -80,14 +85,6 @@ class Scheduler:
     def set_max_active(self, value: int | None) -> None:
         with self._cond:
             self.max_active = value
-            self._cond.notify_all()
-
-    def _wake(self) -> None:
-        # With a bound, the one thread notify() picks may be a worker that must not
-        # take the job, so every waiter is woken (there are only ``workers`` of them).
-        if self.max_active is None:
-            self._cond.notify()
-        else:
             self._cond.notify_all()
 
     def idle(self) -> bool:

@@ -17,6 +17,23 @@ from edged.server.scheduler import Scheduler
 T0 = 1000.0
 
 
+def bounded(bound: int | None, *jobs: str) -> Scheduler:
+    """A scheduler with concurrency bound ``bound`` and ``jobs`` queued at normal priority."""
+    s = Scheduler(queue_size=10)
+    s.set_max_active(bound)
+    for job in jobs:
+        s.submit(job)
+    return s
+
+
+def wait_until_waiting(s: Scheduler, n: int) -> None:
+    """Return once ``n`` threads wait on the scheduler's condition (bounded, not a timing assumption)."""
+    deadline = time.monotonic() + 30
+    while len(s._cond._waiters) < n:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "worker thread never blocked"
+        time.sleep(0.001)
+
+
 def test_priority_order_and_queue_bound() -> None:
     s = Scheduler(queue_size=3)
     s.submit("n1", "normal")
@@ -30,10 +47,7 @@ def test_priority_order_and_queue_bound() -> None:
 
 
 def test_bound_limits_active_jobs() -> None:
-    s = Scheduler(queue_size=10)
-    s.set_max_active(1)
-    s.submit("a")
-    s.submit("b")
+    s = bounded(1, "a", "b")
     assert s.try_get(0) == "a"
     assert s.try_get(0) is None  # one slot, taken
     s.done()
@@ -41,9 +55,7 @@ def test_bound_limits_active_jobs() -> None:
 
 
 def test_bound_admits_only_the_first_worker_ids() -> None:
-    s = Scheduler(queue_size=10)
-    s.set_max_active(1)
-    s.submit("a")
+    s = bounded(1, "a")
     assert s.try_get(1) is None  # worker 1 is outside the bound even with the slot free
     assert s.try_get(0) == "a"
     s.set_max_active(None)
@@ -52,22 +64,18 @@ def test_bound_admits_only_the_first_worker_ids() -> None:
 
 
 def test_blocked_worker_wakes_when_bound_is_raised() -> None:
-    s = Scheduler(queue_size=10)
-    s.set_max_active(1)
-    s.submit("a")
+    s = bounded(1, "a")
     got: list[object] = []
     t = threading.Thread(target=lambda: got.append(s.get(1)))
     t.start()
+    wait_until_waiting(s, 1)  # worker 1 is outside the bound: it must be woken, not just look late
     s.set_max_active(2)  # notify_all: worker 1 may now take "a"
     t.join(timeout=30)
     assert not t.is_alive() and got == ["a"]
 
 
 def test_finishing_a_job_under_a_bound_wakes_a_worker_held_back_by_it() -> None:
-    s = Scheduler(queue_size=10)
-    s.set_max_active(1)
-    s.submit("a")
-    s.submit("b")
+    s = bounded(1, "a", "b")
     assert s.try_get(0) == "a"
     got: list[object] = []
     t = threading.Thread(target=lambda: got.append(s.get(0)))
@@ -76,14 +84,6 @@ def test_finishing_a_job_under_a_bound_wakes_a_worker_held_back_by_it() -> None:
     s.done()
     t.join(timeout=30)
     assert not t.is_alive() and got == ["b"]
-
-
-def wait_until_waiting(s: Scheduler, n: int) -> None:
-    """Return once ``n`` threads wait on the scheduler's condition (bounded, not a timing assumption)."""
-    deadline = time.monotonic() + 30
-    while len(s._cond._waiters) < n:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, "worker thread never blocked"
-        time.sleep(0.001)
 
 
 class CountingCondition:
@@ -140,12 +140,11 @@ def test_governor_bound_is_none_unless_it_holds_workers_back() -> None:
 
 
 def test_close_releases_waiting_workers() -> None:
-    s = Scheduler(queue_size=10)
-    s.set_max_active(1)
-    s.submit("a")
+    s = bounded(1, "a")
     got: list[object] = []
     t = threading.Thread(target=lambda: got.append(s.get(1)))  # not allowed to take "a"
     t.start()
+    wait_until_waiting(s, 1)
     s.close()
     t.join(timeout=30)
     assert not t.is_alive() and got == [None]

@@ -8,7 +8,7 @@ module costs nothing.  Two layers:
   subgraph; ``build()`` returns the serialized model.
 * recipes – :func:`float_mlp`, :func:`quantized_mlp`, :func:`affine_model`,
   :func:`random_classifier`, :func:`nan_model`, :func:`custom_op_model`,
-  :func:`slow_model` and :func:`mobilenet_class_model`.
+  :func:`slow_model`, :func:`ssd_detector_model` and :func:`mobilenet_class_model`.
 
 Every recipe is deterministic (same arguments, same bytes), and uses operator
 versions that tflite-runtime 2.14 resolves, unless a caller asks for another
@@ -34,11 +34,13 @@ MISSING_CUSTOM_OP = "EdgedMissingOp"
 _OPTIONS: dict[str, str | None] = {
     "ADD": "AddOptions",
     "AVERAGE_POOL_2D": "Pool2DOptions",
+    "CAST": None,
     "CONV_2D": "Conv2DOptions",
     "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
     "DIV": "DivOptions",
     "FULLY_CONNECTED": "FullyConnectedOptions",
     "LOG": None,
+    "LOGISTIC": None,
     "MEAN": "ReducerOptions",
     "MUL": "MulOptions",
     "QUANTIZE": "QuantizeOptions",
@@ -153,11 +155,11 @@ class GraphBuilder:
     # -- operators -------------------------------------------------------------------------
 
     def op(self, op: str, inputs: Sequence[int], outputs: Sequence[int], *, version: int = 1,
-           custom_code: str | None = None, **options: Any) -> None:
+           custom_code: str | None = None, custom_options: bytes | None = None, **options: Any) -> None:
         """Append an operator.
 
         ``op`` is a ``BuiltinOperator`` name (``"FULLY_CONNECTED"``) or ``"CUSTOM"``
-        with ``custom_code``.  ``options`` are fields of the op's options table in
+        with ``custom_code`` (and its flexbuffer-encoded ``custom_options``, if any).  ``options`` are fields of the op's options table in
         the schema's camelCase (``fusedActivationFunction="RELU"``); enum fields
         accept names.  Raises ``ValueError`` for an op this builder has no options
         mapping for, and ``TypeError`` for an unknown option field (a typo would
@@ -173,6 +175,9 @@ class GraphBuilder:
         o.opcodeIndex = self._opcodes[key]
         o.inputs = [int(i) for i in inputs]
         o.outputs = [int(i) for i in outputs]
+        if custom_options is not None:
+            o.customOptions = list(custom_options)
+            o.customOptionsFormat = s.CustomOptionsFormat.FLEXBUFFERS
         if op != "CUSTOM":
             if op not in _OPTIONS:
                 raise ValueError(f"no options mapping for builtin op {op}; add it to _OPTIONS")
@@ -403,6 +408,75 @@ def slow_model(input_shape: Sequence[int] = (1, 8, 8, 1), classes: int = 10, *, 
     y = g.tensor(output_name, [n, classes])
     g.op("SOFTMAX", [logits], [y], beta=1.0)
     return g.build([y])
+
+
+#: The custom op TFLite's SSD converters append; LiteRT and tflite-runtime register it.
+DETECTION_POSTPROCESS = "TFLite_Detection_PostProcess"
+
+
+def ssd_detector_model(*, size: int = 320, grid: int = 8, classes: int = 3, max_detections: int = 25,
+                       score_threshold: float = 0.3, iou_threshold: float = 0.5,
+                       gain: float = 1 / 32) -> bytes:
+    """A tiny synthetic SSD-style detector with the real four-output post-process layout.
+
+    ``uint8 [1, size, size, 3]`` → CAST → AVERAGE_POOL_2D (``grid`` × ``grid`` cells) →
+    per-cell FULLY_CONNECTED → box encodings ``[1, grid², 4]`` and LOGISTIC class
+    predictions ``[1, grid², classes + 1]`` (column 0 is the background) →
+    ``TFLite_Detection_PostProcess`` with one anchor per cell.  Outputs, as the
+    TFLite object detection API writes them: boxes ``[1, max_detections, 4]``
+    (``ymin, xmin, ymax, xmax`` normalised), classes ``[1, max_detections]``, scores
+    ``[1, max_detections]``, count ``[1]``.
+
+    What it detects: class ``k`` (0 red, 1 green, 2 blue for 3 classes) in a cell
+    whose mean colour leans to channel ``k``: logit = ``gain · (2·m_k − Σ m_other) / 2 − 4``
+    with channel means ``m`` in 0..255, so a cell filled with pure red scores ~1 and a
+    grey or black one ~0.02.  Box encodings are zero, so every box is its cell's anchor.
+    Raises ``ValueError`` unless ``size`` is a multiple of ``grid`` and 1 <= classes <= 3.
+    """
+    if size % grid or not 1 <= classes <= 3:
+        raise ValueError(f"need size % grid == 0 and 1..3 classes, got size {size}, grid {grid}, {classes} classes")
+    from flatbuffers import flexbuffers
+
+    cell, n = size // grid, grid * grid
+    g = GraphBuilder()
+    x = g.input("normalized_input_image_tensor", [1, size, size, 3], "uint8")
+    xf = g.tensor("to_float", [1, size, size, 3])
+    g.op("CAST", [x], [xf])
+    pooled = g.tensor("cell_means", [1, grid, grid, 3])
+    g.op("AVERAGE_POOL_2D", [xf], [pooled], padding="VALID", strideW=cell, strideH=cell, filterWidth=cell,
+         filterHeight=cell)
+    means = g.reshape(pooled, [n, 3], "cells")
+    w = np.zeros((classes + 1, 3), np.float32)
+    for k in range(classes):
+        w[k + 1] = -gain / 2
+        w[k + 1, k] = gain
+    bias = np.asarray([0.0] + [-4.0] * classes, np.float32)
+    logits = g.tensor("class_logits", [n, classes + 1])
+    g.op("FULLY_CONNECTED", [means, g.const("class/weights", w), g.const("class/bias", bias)], [logits])
+    probs = g.tensor("class_probs", [n, classes + 1])
+    g.op("LOGISTIC", [logits], [probs])
+    scores_in = g.reshape(probs, [1, n, classes + 1], "raw_outputs/class_predictions")
+    enc = g.tensor("box_flat", [n, 4])
+    g.op("FULLY_CONNECTED", [means, g.const("box/weights", np.zeros((4, 3), np.float32)),
+                             g.const("box/bias", np.zeros(4, np.float32))], [enc])
+    boxes_in = g.reshape(enc, [1, n, 4], "raw_outputs/box_encodings")
+    centres = (np.arange(grid, dtype=np.float32) + 0.5) / grid
+    yc, xc = np.meshgrid(centres, centres, indexing="ij")
+    anchors = np.stack([yc.ravel(), xc.ravel(), np.full(n, 1 / grid, np.float32), np.full(n, 1 / grid, np.float32)],
+                       axis=1).astype(np.float32)
+    outs = [g.tensor(DETECTION_POSTPROCESS, [1, max_detections, 4]),
+            g.tensor(f"{DETECTION_POSTPROCESS}:1", [1, max_detections]),
+            g.tensor(f"{DETECTION_POSTPROCESS}:2", [1, max_detections]),
+            g.tensor(f"{DETECTION_POSTPROCESS}:3", [1])]
+    options = flexbuffers.Dumps({
+        "max_detections": max_detections, "max_classes_per_detection": 1, "detections_per_class": 100,
+        "use_regular_nms": False, "nms_score_threshold": float(score_threshold),
+        "nms_iou_threshold": float(iou_threshold), "num_classes": classes,
+        "y_scale": 10.0, "x_scale": 10.0, "h_scale": 5.0, "w_scale": 5.0,
+    })
+    g.op("CUSTOM", [boxes_in, scores_in, g.const("anchors", anchors)], outs, custom_code=DETECTION_POSTPROCESS,
+         custom_options=options)
+    return g.build(outs, description="edged synthetic SSD detector")
 
 
 # ---------------------------------------------------------------------------------------

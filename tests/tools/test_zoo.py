@@ -43,3 +43,11 @@ def test_zoo_manifest_records_command_and_seed_and_validates(path: Path):
                 run_checks(path, runtime)
             return
     assert run_checks(path, runtime)["ok"]
+
+
+@pytest.mark.runtime
+def test_zoo_detector_validates_on_this_runtime():
+    """The synthetic SSD detector (scripts/make_detector_model.py): its custom op exists in both runtimes."""
+    from edged.repository.check import run_checks
+
+    assert run_checks(ZOO / "detector" / "v1", os.environ.get("EDGED_RUNTIME", "auto"))["ok"]

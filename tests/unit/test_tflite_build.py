@@ -193,3 +193,29 @@ def test_default_model_is_reproducible():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_default_model.py"), "--check"],
                           capture_output=True, text=True, timeout=300, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+def test_ssd_detector_model_has_the_detection_postprocess_layout_and_finds_colour_cells():
+    from edged.runtime import detection
+
+    model = tb.ssd_detector_model(size=64, grid=4, max_detections=25)
+    it = load(model)
+    assert [d["name"] for d in it.get_output_details()] == [
+        "TFLite_Detection_PostProcess", "TFLite_Detection_PostProcess:1", "TFLite_Detection_PostProcess:2",
+        "TFLite_Detection_PostProcess:3"]
+    img = np.zeros((1, 64, 64, 3), np.uint8)
+    img[0, 16:32, 48:64, 2] = 255  # a blue cell at row 1, column 3
+    outputs = run(model, img)
+    detection.check_layout("ssd", [o.shape for o in outputs])
+    assert int(outputs[3][0]) == 1
+    rows = detection.ssd(outputs, 0.4)
+    assert rows[0, 0] == 2 and rows[0, 1] > 0.9
+    np.testing.assert_allclose(rows[0, 2:], [0.25, 0.75, 0.5, 1.0], atol=1e-5)
+    assert not rows[1:].any()
+
+
+def test_detector_zoo_model_is_reproducible():
+    pytest.importorskip("ai_edge_litert.interpreter")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_detector_model.py"), "--check"],
+                          capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr + proc.stdout

@@ -58,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "server.log_level": args.log_level, "server.log_format": args.log_format,
         "runtime.backend": args.runtime or os.environ.get("EDGED_RUNTIME") or None,
         "runtime.delegate": args.delegate, "server.workers": args.workers,
+        "frigate.endpoint": args.frigate_endpoint,
     }
     setup_logging(args.log_level or "info", args.log_format or "text")
     try:
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", default=None, help="model repository (default $EDGED_MODELS, ./models)")
     s.add_argument("--endpoint", default=None)
     s.add_argument("--control-endpoint", default=None)
+    s.add_argument("--frigate-endpoint", default=None, metavar="EP",
+                   help="also answer Frigate's zmq detector here (frigate.endpoint; see docs/frigate.md)")
     s.add_argument("--runtime", default=None, choices=["auto", "litert", "tflite-runtime", "tensorflow"])
     s.add_argument("--delegate", default=None, choices=["auto", "edgetpu", "xnnpack", "cpu"])
     s.add_argument("--workers", type=int, default=None)

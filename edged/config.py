@@ -139,12 +139,37 @@ class RepositoryConfig:
 
 
 @dataclass
+class FrigateConfig:
+    """``[frigate]``: answer Frigate's ``zmq`` detector plugin (docs/frigate.md)."""
+
+    #: Where Frigate's REQ socket connects ("" = off).  ipc:// in a directory shared
+    #: with Frigate's container; tcp:// only with ``allow_tcp`` and one bound address.
+    endpoint: str = ""
+    #: The edged model that answers ("" = the only model served; several = required).
+    model: str = ""
+    #: Rows below this score are not reported (Frigate's Edge TPU detector uses 0.4).
+    min_score: float = 0.4
+    #: A frame the power governor would refuse or delay past this many ms from receipt
+    #: is answered "no detections" at once (Frigate times out and resets at 200 ms).
+    budget_ms: float = 150.0
+    #: Store a model Frigate pushes (``model_data``) as a new version of ``model``.
+    #: Off: Frigate's process would gain the right to change what edged serves.
+    accept_pushed_models: bool = False
+    socket_group: str = ""
+    socket_mode: int = 0o660
+    #: Frigate cannot do CURVE: TCP is plaintext and unauthenticated, so it is an opt-in
+    #: bound to one address (never 0.0.0.0 / * / ::).
+    allow_tcp: bool = False
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
     #: The raw [power] table; validated by edged.power.config in load().
     power: dict[str, Any] = field(default_factory=dict)
+    frigate: FrigateConfig = field(default_factory=FrigateConfig)
     source: str = "defaults"
 
     @property
@@ -175,7 +200,7 @@ class Config:
 _POSITIVE = {
     "server.workers", "server.queue_size", "server.tick_s", "server.max_message_bytes",
     "server.max_header_bytes", "server.max_image_bytes", "server.max_image_pixels",
-    "server.stuck_invoke_s", "repository.validation_timeout_s", "probation.tries",
+    "server.stuck_invoke_s", "repository.validation_timeout_s", "probation.tries", "frigate.budget_ms",
 }
 _NON_NEGATIVE = {
     "server.grace_period_s", "runtime.num_threads", "repository.settle_s", "probation.seconds",
@@ -261,6 +286,7 @@ def _validate(config: Config) -> None:
                 _check_value(f"{prefix}.{key}", get_type_hints(ModelPolicy)[key], value)
             else:
                 raise ConfigError(f"{prefix}.{key}", value, "unknown key (known: activation, keep_previous, probation)")
+    _validate_frigate(config)
     try:
         PowerConfig.from_dict(config.power)
     except PowerConfigError as exc:
@@ -268,6 +294,32 @@ def _validate(config: Config) -> None:
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_ANY_ADDRESS = ("", "*", "0.0.0.0", "::", "0")
+
+
+def _validate_frigate(config: Config) -> None:
+    f = config.frigate
+    if not 0.0 <= f.min_score <= 1.0:
+        raise ConfigError("frigate.min_score", f.min_score, "must be between 0 and 1")
+    if f.budget_ms > 10_000:
+        raise ConfigError("frigate.budget_ms", f.budget_ms, "must be <= 10000 (Frigate waits 200 ms)")
+    if not 0 <= f.socket_mode <= 0o777:
+        raise ConfigError("frigate.socket_mode", f.socket_mode, "must be a permission mode between 0o000 and 0o777")
+    ep = f.endpoint
+    if not ep:
+        return
+    if ep in (config.endpoint, config.control_endpoint, config.events_endpoint):
+        raise ConfigError("frigate.endpoint", ep, "must differ from the predict, control and events endpoints")
+    if ep.startswith("tcp://"):
+        host = ep[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+        if not f.allow_tcp:
+            raise ConfigError("frigate.endpoint", ep, "TCP for Frigate is plaintext and unauthenticated; "
+                              "set frigate.allow_tcp = true to opt in, or use an ipc:// socket")
+        if host in _ANY_ADDRESS:
+            raise ConfigError("frigate.endpoint", ep, "must bind one address (e.g. the docker bridge 172.17.0.1), "
+                              "not every interface")
+        return
+    check_endpoint("frigate.endpoint", ep)
 
 
 def check_http_endpoint(key: str, endpoint: str, allow_remote: bool = False) -> None:
@@ -342,15 +394,16 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
                 raise ConfigError(dotted, value, f"{part} is not a table")
             table = nxt
         table[key] = value
-    unknown = set(data) - {"server", "runtime", "repository", "power"}
+    unknown = set(data) - {"server", "runtime", "repository", "power", "frigate"}
     if unknown:
         name = sorted(unknown)[0]
-        raise ConfigError(name, data[name], "unknown section (known: server, runtime, repository, power)")
+        raise ConfigError(name, data[name], "unknown section (known: server, runtime, repository, power, frigate)")
     config = Config(
         server=_build(ServerConfig, data.get("server", {}), "server"),
         runtime=_build(RuntimeConfig, data.get("runtime", {}), "runtime"),
         repository=_build(RepositoryConfig, data.get("repository", {}), "repository"),
         power=data.get("power", {}),
+        frigate=_build(FrigateConfig, data.get("frigate", {}), "frigate"),
         source=source,
     )
     _validate(config)

@@ -49,12 +49,33 @@ def test_file_then_overrides(tmp_path):
         ('[server]\nmetrics_endpoint = "0.0.0.0:9101"\n', "server.metrics_endpoint", "0.0.0.0:9101"),
         ('[server]\npredict_socket_mode = 99999\n', "server.predict_socket_mode", "99999"),
         ('[server]\ncontrol_socket_mode = -1\n', "server.control_socket_mode", "-1"),
+        ('[frigate]\nmin_score = 1.5\n', "frigate.min_score", "1.5"),
+        ('[frigate]\nbudget_ms = 0\n', "frigate.budget_ms", "0"),
+        ('[frigate]\nsocket_mode = 4096\n', "frigate.socket_mode", "4096"),
+        ('[frigate]\nendpoint = "tcp://172.17.0.1:5555"\n', "frigate.endpoint", "allow_tcp"),
+        ('[frigate]\nendpoint = "tcp://*:5555"\nallow_tcp = true\n', "frigate.endpoint", "one address"),
+        ('[frigate]\nendpoint = "tcp://0.0.0.0:5555"\nallow_tcp = true\n', "frigate.endpoint", "0.0.0.0"),
+        ('[frigate]\nendpoint = "udp://x"\n', "frigate.endpoint", "udp://x"),
+        ('[frigate]\nmodle = "x"\n', "frigate.modle", "x"),
     ],
 )
 def test_bad_values_name_key_and_value(tmp_path, text, key, value):
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, text))
     assert key in str(info.value) and value in str(info.value)
+
+
+def test_frigate_section_defaults_off_and_opt_in_tcp(tmp_path):
+    cfg = config.load(write(tmp_path, ""))
+    assert cfg.frigate.endpoint == "" and cfg.frigate.min_score == 0.4 and cfg.frigate.budget_ms == 150.0
+    assert cfg.frigate.accept_pushed_models is False
+    cfg = config.load(write(tmp_path, '[frigate]\nendpoint = "tcp://172.17.0.1:5555"\nallow_tcp = true\n'))
+    assert cfg.frigate.endpoint == "tcp://172.17.0.1:5555"
+    cfg = config.load(write(tmp_path, ""), {"frigate.endpoint": "ipc:///tmp/cache/zmq_detector",
+                                            "server.endpoint": "ipc:///tmp/x"})
+    assert cfg.frigate.endpoint == "ipc:///tmp/cache/zmq_detector"
+    with pytest.raises(ConfigError, match="must differ"):
+        config.load(write(tmp_path, ""), {"frigate.endpoint": "ipc:///tmp/x", "server.endpoint": "ipc:///tmp/x"})
 
 
 def test_invalid_toml_and_missing_file(tmp_path):

@@ -357,36 +357,41 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(s)
     s.set_defaults(func=cmd_health)
 
-    # --json/--timeout/--control-endpoint work before or after the ctl subcommand.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--control-endpoint", default=argparse.SUPPRESS,
+    # --json/--timeout/--control-endpoint work before or after the ctl subcommand, with the
+    # same meaning.  Each parser gets its own actions: argparse shares the action objects of
+    # a `parents=` parser, so set_defaults() on "ctl" would also give the subcommand's copies
+    # a default, and the subcommand's namespace would then overwrite what was given before it.
+    def ctl_opts(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--control-endpoint", default=argparse.SUPPRESS,
                         help="default $EDGED_CONTROL_ENDPOINT or the runtime dir")
-    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds (default 60)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    s = sub.add_parser("ctl", help="control the running daemon", parents=[common])
+        sp.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds (default 60)")
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+        return sp
+
+    s = ctl_opts(sub.add_parser("ctl", help="control the running daemon"))
     s.set_defaults(json=False, timeout=float(os.environ.get("EDGED_TIMEOUT", "60")), control_endpoint=None)
     ctl = s.add_subparsers(dest="ctl", required=True)
-    ctl.add_parser("status", help="state, models, versions, profile", parents=[common])
-    st = ctl.add_parser("stats", help="counters and latency", parents=[common])
+    ctl_opts(ctl.add_parser("status", help="state, models, versions, profile"))
+    st = ctl_opts(ctl.add_parser("stats", help="counters and latency"))
     st.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
-    ctl.add_parser("reload", help="re-read config and rescan the repository (SIGHUP)", parents=[common])
-    ctl.add_parser("quit", help="drain and stop (SIGTERM)", parents=[common])
-    v = ctl.add_parser("versions", help="versions of a model and their states", parents=[common])
+    ctl_opts(ctl.add_parser("reload", help="re-read config and rescan the repository (SIGHUP)"))
+    ctl_opts(ctl.add_parser("quit", help="drain and stop (SIGTERM)"))
+    v = ctl_opts(ctl.add_parser("versions", help="versions of a model and their states"))
     v.add_argument("--model", default=None)
     for name, helptext in (("swap", "validate VERSION and make it serve"), ("pin", "hold the model on VERSION"),
                            ("unmark", "clear VERSION's bad mark")):
-        sp = ctl.add_parser(name, help=helptext, parents=[common])
+        sp = ctl_opts(ctl.add_parser(name, help=helptext))
         sp.add_argument("version")
         sp.add_argument("--model", default=None)
         if name == "swap":
             sp.add_argument("--force", action="store_true", help="accept a changed input/output contract")
-    pw = ctl.add_parser("power", help="power reading and profile; override with --profile/--auto", parents=[common])
+    pw = ctl_opts(ctl.add_parser("power", help="power reading and profile; override with --profile/--auto"))
     pw.add_argument("--profile", choices=["performance", "balanced", "powersave", "critical"], default=None)
     pw.add_argument("--for", dest="for_", default=None, metavar="DURATION", help="override length: 90s, 10m, 2h")
     pw.add_argument("--auto", action="store_true", help="return to the policy")
     for name, helptext in (("rollback", "go back to the previous good version"),
                            ("unpin", "let auto-activation manage the model again")):
-        ctl.add_parser(name, help=helptext, parents=[common]).add_argument("--model", default=None)
+        ctl_opts(ctl.add_parser(name, help=helptext)).add_argument("--model", default=None)
     s.set_defaults(func=cmd_ctl)
     return p
 

@@ -1,0 +1,30 @@
+"""Every place argparse accepts a ctl option gives it the same meaning (issue 11, item 10)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edged.cli import build_parser
+
+SUBCOMMANDS = [["status"], ["stats"], ["reload"], ["quit"], ["versions"], ["swap", "v2"], ["pin", "v2"],
+               ["unmark", "v2"], ["power"], ["rollback"], ["unpin"]]
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS, ids=lambda s: s[0])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_ctl_options_parse_the_same_before_and_after_the_subcommand(sub, where):
+    opts = ["--control-endpoint", "ipc:///tmp/x.sock", "--json", "--timeout", "3.5"]
+    argv = ["ctl", *opts, *sub] if where == "before" else ["ctl", *sub, *opts]
+    args = build_parser().parse_args(argv)
+    assert (args.control_endpoint, args.json, args.timeout) == ("ipc:///tmp/x.sock", True, 3.5)
+
+
+def test_ctl_defaults_apply_when_no_option_is_given(monkeypatch):
+    monkeypatch.delenv("EDGED_TIMEOUT", raising=False)
+    args = build_parser().parse_args(["ctl", "status"])
+    assert (args.control_endpoint, args.json, args.timeout) == (None, False, 60.0)
+
+
+def test_an_option_after_the_subcommand_wins_over_the_same_one_before():
+    args = build_parser().parse_args(["ctl", "--timeout", "1", "status", "--timeout", "2"])
+    assert args.timeout == 2.0

@@ -393,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                            ("unpin", "let auto-activation manage the model again")):
         ctl_opts(ctl.add_parser(name, help=helptext)).add_argument("--model", default=None)
     s.set_defaults(func=cmd_ctl)
+    from edged.update.cli import add_registry_parser
+
+    add_registry_parser(sub)
     return p
 
 

@@ -39,6 +39,11 @@ PRIORITIES = ("low", "normal", "high")
 #: Default upper bound for a header frame; the daemon's is configurable.
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 
+#: Deepest nesting of arrays/objects a header may have.  A real header is 3 deep
+#: (``inputs`` → descriptor → ``shape``); 20,000 levels would otherwise reach
+#: Python's recursion limit in the decoder.
+MAX_HEADER_DEPTH = 32
+
 _LITTLE = sys.byteorder == "little"
 
 
@@ -46,21 +51,61 @@ def dumps(header: dict[str, Any]) -> bytes:
     return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _refuse_constant(name: str) -> Any:
+    raise RequestError(f"header holds {name}: only finite numbers are allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf without ever naming Infinity
+        raise RequestError(f"header number {text[:32]} is out of range: only finite numbers are allowed")
+    return value
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """True if ``value`` nests arrays/objects more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def loads(raw: bytes | memoryview | str) -> Any:
+    """Strict JSON: non-finite numbers (``NaN``, ``Infinity``, ``1e999``) raise :class:`RequestError`."""
+    if not isinstance(raw, str):
+        raw = bytes(raw).decode("utf-8")
+    return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def parse_header(raw: bytes | memoryview, max_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> dict[str, Any]:
     """Decode and check a header frame.
 
     Raises :class:`RequestError` with ``TOO_LARGE`` when the frame is over
-    ``max_bytes``, ``BAD_REQUEST`` when it is not a UTF-8 JSON object, and
+    ``max_bytes`` or nests deeper than :data:`MAX_HEADER_DEPTH`, ``BAD_REQUEST``
+    when it is not a UTF-8 JSON object or holds a non-finite number, and
     ``UNSUPPORTED_PROTOCOL`` when ``v`` is missing or not 1.
     """
     if len(raw) > max_bytes:
         raise RequestError(f"header is {len(raw)} bytes, limit {max_bytes}", code=ErrorCode.TOO_LARGE)
+    data = bytes(raw)
+    too_deep = RequestError(f"header nests deeper than {MAX_HEADER_DEPTH} levels", code=ErrorCode.TOO_LARGE)
     try:
-        header = json.loads(bytes(raw).decode("utf-8"))
+        header = loads(data)
+    except RecursionError:
+        raise too_deep from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise RequestError(f"header is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
         raise RequestError("header must be a JSON object")
+    # Only a header with enough brackets can be too deep: the walk is skipped for real ones.
+    if data.count(b"[") + data.count(b"{") > MAX_HEADER_DEPTH and _depth_over(header, MAX_HEADER_DEPTH):
+        raise too_deep
     version = header.get("v")
     if version != PROTOCOL_VERSION:
         raise RequestError(

@@ -259,7 +259,7 @@ class LoadedModel:
         return RunResult(outputs, int(invoke_us), cpu_s)
 
     def top_k(self, outputs: Sequence[np.ndarray], k: int) -> list[dict[str, Any]] | None:
-        """Top-k of the first output for a classifier ([1, N] or [N]); scores dequantized."""
+        """Top-k of the first output for a classifier ([1, N] or [N]); scores dequantized, non-finite ones None."""
         if k <= 0 or not outputs:
             return None
         scores = np.asarray(outputs[0]).reshape(-1) if np.asarray(outputs[0]).ndim <= 2 else None
@@ -271,5 +271,7 @@ class LoadedModel:
             values = (values - spec.zero_point) * spec.scale
         order = np.argsort(-values, kind="stable")[:k]
         labels = self.labels or []
-        return [{"index": int(i), "label": labels[i] if i < len(labels) else str(int(i)), "score": float(values[i])}
+        # A NaN or infinite score has no JSON form: it is sent as null (NaN ranks last).
+        return [{"index": int(i), "label": labels[i] if i < len(labels) else str(int(i)),
+                 "score": float(values[i]) if np.isfinite(values[i]) else None}
                 for i in order]

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,17 +28,19 @@ from edged import config as config_mod
 from edged import protocol
 from edged.config import Config
 from edged.errors import (
-    ConfigError, DeadlineExceeded, EdgedError, ErrorCode, RequestError, RetryableError, Throttled,
+    ConfigError, DeadlineExceeded, EdgedError, ErrorCode, InternalError, RequestError, RetryableError,
+    Throttled,
 )
 from edged.repository.manager import ModelManager
 from edged.repository.watcher import RepositoryWatcher
 from edged.runtime.backends import select_backend
 from edged.seams import Clock
-from edged.server.dispatch import Request, dispatch, error_reply
+from edged.server.dispatch import Request, dispatch, encode_reply, error_reply
 from edged.server.metrics import Stats, prometheus_text, serve_metrics
 from edged.server.notify import Notifier, WatchdogGate
 from edged.server.powerctl import PowerController
 from edged.server.scheduler import Scheduler
+from edged.server.workers import WorkerPool
 from edged.states import DaemonState
 
 log = logging.getLogger("edged.server")
@@ -89,7 +90,7 @@ class Daemon:
         self.profile = "performance"
         self._pending: deque[str] = deque()
         self._timers: list[_Timer] = []
-        self._workers: list[threading.Thread] = []
+        self.workers: WorkerPool | None = None
         self.busy_since: dict[int, float | None] = {}
         self._stop_reason = ""
         self._drain_deadline: float | None = None
@@ -137,7 +138,8 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         if interval:
             self.watchdog_gate = WatchdogGate(self.clock, interval, self.longest_invoke, cfg.server.stuck_invoke_s,
-                                              last_tick=lambda: self.last_loop, max_loop_age_s=max(interval, 2 * cfg.server.tick_s))
+                                              last_tick=lambda: self.last_loop, max_loop_age_s=max(interval, 2 * cfg.server.tick_s),
+                                              capacity_problem=lambda: self.workers.problem() if self.workers else "")
             self.add_timer("watchdog", interval, lambda now: self.watchdog_gate.maybe_ping(self.notifier, now))
         if cfg.server.metrics_endpoint:
             host, _, port = cfg.server.metrics_endpoint.rpartition(":")
@@ -147,11 +149,10 @@ class Daemon:
             except OSError as exc:
                 raise EdgedError(f"cannot serve metrics on {cfg.server.metrics_endpoint}: {exc.strerror or exc}",
                                  code=ErrorCode.CONFIG_INVALID) from None
-        for i in range(cfg.server.workers):
-            self.busy_since[i] = None
-            t = threading.Thread(target=self._worker, args=(i,), name=f"edged-worker-{i}", daemon=True)
-            t.start()
-            self._workers.append(t)
+        self.busy_since = {i: None for i in range(cfg.server.workers)}
+        self.workers = WorkerPool(self._worker, cfg.server.workers, self.clock)
+        self.workers.start()
+        self.add_timer("workers", cfg.server.tick_s, self.workers.check)
         self.state = DaemonState.RUNNING
         self.notifier.ready(self.status_line())
         log.info("ready in %.0f ms: predict %s, control %s, models %s, profile %s",
@@ -279,6 +280,8 @@ class Daemon:
                         self.reload()
                     except EdgedError:
                         pass  # refused and logged by reload(); the running config stays
+                    except Exception:  # noqa: BLE001 - a bug in reload must not end the daemon
+                        log.exception("reload failed; the running config stays")
                 else:
                     self.request_stop(cmd.split(":", 1)[1])
             self._flush_outbox()
@@ -331,13 +334,14 @@ class Daemon:
             self.stats.shed(job.model.name, job.model.version)
             self.post(job.req, error_reply(job.req.id, job.req.op,
                                            RetryableError("daemon stopped before this request could run")))
+        if self.workers is not None:
+            self.workers.close()
         self.scheduler.close()
         self.models.close(timeout=_JOIN_S)
         # Workers that are not stuck in invoke() exit at once; a stuck one is
         # abandoned (daemon thread) so the stop stays within TimeoutStopSec.
-        until = time.monotonic() + _JOIN_S
-        for t in self._workers:
-            t.join(timeout=max(0.0, until - time.monotonic()))
+        if self.workers is not None:
+            self.workers.join(_JOIN_S, time.monotonic)
         self._flush_outbox()
         self._send_events()
         for sock in (self.predict_sock, self.control_sock, self.events_sock):
@@ -380,7 +384,16 @@ class Daemon:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._handle(endpoint, frames)
+            try:
+                self._handle(endpoint, frames)
+            except Exception:  # noqa: BLE001 - one message must never end the main loop
+                # _handle answers every error it expects; reaching here is a bug.  Answer
+                # INTERNAL without echoing anything from the message (it may be the cause).
+                log.exception("%s message of %d frame(s) failed", endpoint, len(frames))
+                split = 2 if len(frames) > 2 and len(frames[1]) == 0 else 1
+                if len(frames) > split:
+                    self._send(endpoint, frames[:split], protocol.dumps(error_reply(
+                        None, None, InternalError("internal error; see the daemon log"))), [])
 
     def _handle(self, endpoint: str, frames: list[zmq.Frame]) -> None:
         # ROUTER prepends the peer identity.  A REQ peer adds an empty delimiter;
@@ -411,7 +424,7 @@ class Daemon:
         header.setdefault("id", req.id)
         header.setdefault("op", req.op)
         header.setdefault("ok", True)
-        self._send(req.endpoint, req.envelope, protocol.dumps(header), arrays or [])
+        self._send(req.endpoint, req.envelope, encode_reply(header), arrays or [])
 
     def _send(self, endpoint: str, envelope: list[Any], header: bytes, frames: list[Any]) -> None:
         sock = self.predict_sock if endpoint == "predict" else self.control_sock
@@ -419,6 +432,8 @@ class Daemon:
             sock.send_multipart([*envelope, header, *frames], copy=False)
         except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY) or shutting down
             log.debug("reply dropped: %s", exc)
+        except Exception:  # noqa: BLE001 - one reply must never end the main loop
+            log.exception("reply on %s dropped", endpoint)
 
     def _flush_outbox(self) -> None:
         # Replies computed by workers and the swap thread; only this (main) thread
@@ -433,7 +448,7 @@ class Daemon:
         header.setdefault("id", req.id)
         header.setdefault("op", req.op)
         header.setdefault("ok", True)
-        self._outbox.append((req.endpoint, req.envelope, protocol.dumps(header), list(arrays)))
+        self._outbox.append((req.endpoint, req.envelope, encode_reply(header), list(arrays)))
         self.wake()
 
     def wake(self) -> None:
@@ -461,7 +476,10 @@ class Daemon:
             event = self._events.popleft()
             if self.events_sock is not None:
                 topic = f"{'power' if event.get('event') == 'profile' else 'model'}".encode()
-                self.events_sock.send_multipart([topic, protocol.dumps(event)])
+                try:
+                    self.events_sock.send_multipart([topic, protocol.dumps(event)])
+                except (TypeError, ValueError, zmq.ZMQError):
+                    log.exception("event %r dropped", event.get("event"))
 
     def run_repository_op(self, req: Request, kind: str, **kw: Any) -> None:
         """Queue a swap/rollback/pin on the swap thread; the reply is posted when it finishes."""
@@ -506,6 +524,8 @@ class Daemon:
             raise
 
     def _worker(self, worker_id: int) -> None:
+        """One worker thread's loop (run and restarted by :class:`WorkerPool`); returns once the scheduler closes."""
+        self.busy_since[worker_id] = None
         while True:
             job = self.scheduler.get(worker_id)
             if job is None:
@@ -595,13 +615,17 @@ class Daemon:
         serving = sum(1 for s in self.models.slots.values() if s.serving is not None)
         if stuck:
             problems.append(f"workers {stuck} stuck in invoke() for over {self.config.server.stuck_invoke_s}s")
+        total, alive = self.workers.count, self.workers.alive()
+        if alive < total:
+            problems.append(self.workers.problem() or f"{total - alive} of {total} workers not running (restarting)")
         if serving == 0:
             problems.append("no model is serving")
         broken = [s.name for s in self.models.slots.values() if s.serving is None]
         if broken:
             problems.append(f"models without a loadable version: {', '.join(broken)}")
-        status = "unhealthy" if stuck or serving == 0 else ("degraded" if broken else "ok")
+        status = "unhealthy" if stuck or serving == 0 or alive == 0 else ("degraded" if broken or alive < total else "ok")
         return {"status": status, "state": self.state.value, "models_serving": serving, "stuck_workers": stuck,
+                "workers": {"configured": total, "alive": alive, "lost": self.workers.lost()},
                 "loop_age_s": round(now - self.last_loop, 3), "problems": problems}
 
     def status(self) -> dict[str, Any]:
@@ -612,7 +636,8 @@ class Daemon:
             "endpoints": {"predict": self.config.endpoint, "control": self.config.control_endpoint},
             "config": self.config.source, "repository": str(self.models.root), "profile": self.profile,
             "models": self.models.describe(), "queue_depth": self.scheduler.depth(), "queue_size": self.scheduler.queue_size,
-            "workers": {"total": len(self._workers), "busy": self.scheduler.active},
+            "workers": {"total": self.workers.count, "alive": self.workers.alive(), "busy": self.scheduler.active,
+                        "restarts": self.workers.restarts},
             "health": self.health()["status"],
             "power": {"profile": self.profile, "reason": self.power.decision.reason if self.power.decision else None},
         }

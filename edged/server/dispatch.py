@@ -48,6 +48,27 @@ def error_reply(request_id: Any, op: Any, exc: BaseException) -> dict[str, Any]:
     return protocol.error_header(request_id, op, wire_error(exc))
 
 
+def _json_safe(value: Any) -> Any:
+    try:
+        protocol.dumps({"v": value})
+        return value
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def encode_reply(header: dict[str, Any]) -> bytes:
+    """The header frame for ``header``; never raises.
+
+    A header that cannot be serialised (a NaN score, a non-JSON value a command
+    returned) is a bug on our side: it becomes ``INTERNAL`` with the traceback
+    logged, echoing ``id``/``op`` only when they are themselves serialisable.
+    """
+    try:
+        return protocol.dumps(header)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return protocol.dumps(error_reply(_json_safe(header.get("id")), _json_safe(header.get("op")), exc))
+
+
 def dispatch(daemon: Any, req: Request) -> None:
     """Run the command named by ``req.op``; any failure is answered as an error reply."""
     try:

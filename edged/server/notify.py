@@ -205,7 +205,9 @@ class WatchdogGate:
       (a hung delegate, e.g. an Edge TPU that stopped answering: the thread
       cannot be cancelled, so a restart is the only cure);
     * the loop's last full iteration is older than ``max_loop_age_s`` (the tick
-      runs but the loop body is stuck elsewhere, e.g. in a timer).
+      runs but the loop body is stuck elsewhere, e.g. in a timer);
+    * ``capacity_problem()`` returns a reason: serving capacity was lost and cannot
+      be restored in process (a worker thread that could not be restarted).
 
     ``interval_s`` is the ping cadence (use :meth:`Notifier.watchdog_interval`,
     already half of ``WatchdogSec``).  ``longest_invoke`` returns the seconds
@@ -222,6 +224,7 @@ class WatchdogGate:
         stuck_invoke_s: float,
         last_tick: Callable[[], float] | None = None,
         max_loop_age_s: float | None = None,
+        capacity_problem: Callable[[], str] | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
@@ -231,6 +234,7 @@ class WatchdogGate:
         self.stuck_invoke_s = stuck_invoke_s
         self.last_tick = last_tick
         self.max_loop_age_s = interval_s if max_loop_age_s is None else max_loop_age_s
+        self.capacity_problem = capacity_problem
         self.last_ping: float | None = None
         self._withholding = False
         #: Why the last should_ping() said no, or "" when it said yes.
@@ -256,6 +260,10 @@ class WatchdogGate:
             if age > self.max_loop_age_s:
                 self.reason = f"main loop last ran {age:.1f}s ago (> {self.max_loop_age_s:g}s)"
                 return False
+        lost = self.capacity_problem() if self.capacity_problem is not None else ""
+        if lost:
+            self.reason = lost
+            return False
         self.reason = ""
         return True
 

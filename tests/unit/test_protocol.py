@@ -78,3 +78,20 @@ def test_error_header_shape():
     h = protocol.error_header("7", "predict", {"code": "BAD_SHAPE", "message": "m"})
     assert json.loads(protocol.dumps(h)) == {"v": 1, "id": "7", "op": "predict", "ok": False,
                                              "error": {"code": "BAD_SHAPE", "message": "m"}}
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e400"])
+def test_parse_header_refuses_non_finite_numbers(number):
+    with pytest.raises(RequestError, match="finite") as info:
+        protocol.parse_header(f'{{"v": 1, "id": "a", "op": "x", "n": [{number}]}}'.encode())
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_parse_header_caps_nesting_depth():
+    ok = '{"v": 1, "x": ' + "[" * (protocol.MAX_HEADER_DEPTH - 1) + "]" * (protocol.MAX_HEADER_DEPTH - 1) + "}"
+    assert protocol.parse_header(ok.encode())["v"] == 1
+    for depth in (protocol.MAX_HEADER_DEPTH, 20_000):
+        deep = '{"v": 1, "x": ' + '[{"a": ' * depth + "1" + "}]" * depth + "}"
+        with pytest.raises(RequestError, match="nests deeper") as info:
+            protocol.parse_header(deep.encode(), max_bytes=1 << 20)
+        assert info.value.code is ErrorCode.TOO_LARGE

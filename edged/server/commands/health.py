@@ -1,9 +1,11 @@
 """health – is the daemon able to serve?
 
 Request: ``{"op": "health"}``.  Reply: ``{"status": "ok"|"degraded"|"unhealthy",
-"state", "models_serving", "stuck_workers", "loop_age_s", "problems": [...]}``.
-``degraded``: serving, but some model has no loadable version; ``unhealthy``:
-a worker is stuck in one invoke() past ``server.stuck_invoke_s`` or nothing is served.
+"state", "models_serving", "stuck_workers", "workers": {"configured", "alive", "lost"},
+"loop_age_s", "problems": [...]}``.
+``degraded``: serving, but some model has no loadable version or some worker thread
+is not running (being restarted, or ``lost`` for good); ``unhealthy``: a worker is stuck
+in one invoke() past ``server.stuck_invoke_s``, no worker runs, or nothing is served.
 
 CLI: ``edged health`` (exit 0 only when ok).
 """

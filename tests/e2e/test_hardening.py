@@ -1,0 +1,69 @@
+"""End to end: no single message may stop, stall or shrink a live daemon (issue #11)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.e2e.test_serving import error_code, golden_inputs, raw_call
+
+pytestmark = [pytest.mark.e2e, pytest.mark.runtime]
+
+_X = np.zeros((1, 8, 8, 1), np.float32)
+
+
+def predict_frames(header_text: str, x: np.ndarray = _X) -> list[bytes]:
+    return [header_text.encode(), x.tobytes()]
+
+
+_INPUTS = '[{"dtype": "float32", "shape": [1, 8, 8, 1]}]'
+
+
+def assert_serving(daemon, repo) -> None:
+    """The daemon lives, says ok with every worker running, and answers a good predict."""
+    assert daemon.proc.poll() is None, daemon.log()
+    with daemon.client(timeout=10) as c:
+        r = c.predict(golden_inputs(repo)[0])
+        assert r.outputs[0].shape == (1, 10)
+        health = c.health()
+    assert health["status"] == "ok", health
+    assert health["workers"]["alive"] == health["workers"]["configured"], health
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_refused_on_both_sockets(daemon, repo, text):
+    # Each of these used to end the daemon: the error reply echoed the number and
+    # could not be serialised, or a worker died posting it.
+    for _ in range(3):  # more than the 2 workers
+        reply = raw_call(daemon.endpoint, predict_frames(
+            f'{{"v": 1, "id": {text}, "op": "predict", "inputs": {_INPUTS}}}'))
+        assert error_code(reply) == "BAD_REQUEST"
+        assert json.loads(reply[0])["id"] is None
+    reply = raw_call(daemon.control_endpoint, [f'{{"v": 1, "id": "p", "op": "power", "for_s": {text}}}'.encode()])
+    assert error_code(reply) == "BAD_REQUEST"
+    reply = raw_call(daemon.control_endpoint, [f'{{"v": 1, "id": {text}, "op": "nosuchop"}}'.encode()])
+    assert error_code(reply) == "BAD_REQUEST"
+    assert_serving(daemon, repo)
+
+
+def test_deeply_nested_header_is_refused(daemon, repo):
+    deep = "[" * 20_000 + "]" * 20_000
+    for endpoint in (daemon.endpoint, daemon.control_endpoint):
+        reply = raw_call(endpoint, [f'{{"v": 1, "id": "d", "op": "health", "x": {deep}}}'.encode()])
+        assert error_code(reply) == "TOO_LARGE"
+        reply = raw_call(endpoint, [('{"v": 1, "id": "d", "op": "health", "x": ' + "[" * 40 + "]" * 40 + "}").encode()])
+        assert error_code(reply) == "TOO_LARGE"
+    assert_serving(daemon, repo)
+
+
+def test_nan_outputs_with_top_k_never_kill_a_worker(daemon, repo):
+    nan = np.full((1, 8, 8, 1), np.nan, np.float32)
+    with daemon.client() as c:
+        for _ in range(3):  # more than the 2 workers
+            r = c.predict(nan, top_k=3)
+            assert np.isnan(r.outputs[0]).all()
+            # A non-finite score has no JSON form: it is sent as null, never invented.
+            assert [t["score"] for t in r.top_k] == [None, None, None]
+    assert_serving(daemon, repo)

@@ -59,6 +59,10 @@ LOAD_PAUSE_S = 0.010
 VALIDATION_RETRY_S = 60.0
 
 
+def _finite(array: np.ndarray) -> bool:
+    return array.dtype.kind != "f" or bool(np.isfinite(array).all())
+
+
 @dataclass
 class ProbationTracker:
     version: str
@@ -67,13 +71,18 @@ class ProbationTracker:
     baseline_p95_us: float | None
     requests: int = 0
     errors: int = 0
+    #: Requests whose inputs were all finite: only these can show the model's own non-finite outputs.
+    judged: int = 0
     nonfinite: int = 0
     latencies: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
 
-    def record(self, ok: bool, nonfinite: bool, invoke_us: int | None) -> None:
+    def record(self, ok: bool, nonfinite: bool | None, invoke_us: int | None) -> None:
+        """``nonfinite`` None: the caller's inputs were not finite, so the outputs say nothing of the model."""
         self.requests += 1
         self.errors += 0 if ok else 1
-        self.nonfinite += 1 if nonfinite else 0
+        if nonfinite is not None:
+            self.judged += 1
+            self.nonfinite += 1 if nonfinite else 0
         if invoke_us is not None:
             self.latencies.append(invoke_us)
 
@@ -83,17 +92,17 @@ class ProbationTracker:
         n = self.requests
         # Judge rates only on a minimum sample, so one unlucky request cannot roll back.
         min_samples = max(1, min(p.requests, 20)) if p.requests else 20
-        if n >= min_samples:
-            if self.errors / n > p.max_error_rate:
-                return "rollback", f"error rate {self.errors}/{n} over {p.max_error_rate:.2%}"
-            if self.nonfinite / n > p.max_nonfinite_rate:
-                return "rollback", f"non-finite outputs in {self.nonfinite}/{n} requests over {p.max_nonfinite_rate:.2%}"
-            if self.baseline_p95_us and len(self.latencies) >= min_samples:
-                p95 = float(np.percentile(np.asarray(self.latencies), 95))
-                ratio = p95 / self.baseline_p95_us
-                if ratio > p.max_p95_ratio and p95 - self.baseline_p95_us > p.min_p95_delta_ms * 1000:
-                    return "rollback", (f"p95 invoke latency {p95:.0f}us is {ratio:.1f}x the previous version's "
-                                        f"{self.baseline_p95_us:.0f}us (limit {p.max_p95_ratio}x)")
+        if n >= min_samples and self.errors / n > p.max_error_rate:
+            return "rollback", f"error rate {self.errors}/{n} over {p.max_error_rate:.2%}"
+        if self.judged >= min_samples and self.nonfinite / self.judged > p.max_nonfinite_rate:
+            return "rollback", (f"non-finite outputs in {self.nonfinite}/{self.judged} requests with finite inputs "
+                                f"over {p.max_nonfinite_rate:.2%}")
+        if self.baseline_p95_us and len(self.latencies) >= min_samples:
+            p95 = float(np.percentile(np.asarray(self.latencies), 95))
+            ratio = p95 / self.baseline_p95_us
+            if ratio > p.max_p95_ratio and p95 - self.baseline_p95_us > p.min_p95_delta_ms * 1000:
+                return "rollback", (f"p95 invoke latency {p95:.0f}us is {ratio:.1f}x the previous version's "
+                                    f"{self.baseline_p95_us:.0f}us (limit {p.max_p95_ratio}x)")
         if now - self.started >= p.seconds and n >= p.requests:
             return "commit", f"{n} requests over {now - self.started:.0f}s within thresholds"
         return "wait", ""
@@ -646,13 +655,20 @@ class ModelManager:
 
     # -- probation ------------------------------------------------------------------------------
 
-    def record(self, model: LoadedModel, ok: bool, outputs: list[np.ndarray] | None, invoke_us: int | None) -> None:
-        """Called by workers after each request on ``model``; cheap unless it is on probation."""
+    def record(self, model: LoadedModel, ok: bool, outputs: list[np.ndarray] | None, invoke_us: int | None,
+               inputs: list[np.ndarray] | None = None) -> None:
+        """Called by workers after each request on ``model``; cheap unless it is on probation.
+
+        Non-finite outputs count against the model only when every input was finite:
+        a caller that sends NaN gets NaN back, and that says nothing of the new version.
+        """
         slot = self.slots.get(model.name)
         tracker = slot.probation if slot is not None else None
         if tracker is None or tracker.version != model.version:
             return
-        nonfinite = bool(outputs) and any(o.dtype.kind == "f" and not np.isfinite(o).all() for o in outputs)
+        nonfinite: bool | None = bool(outputs) and any(not _finite(o) for o in outputs)
+        if nonfinite and inputs is not None and not all(_finite(x) for x in inputs):
+            nonfinite = None
         with self._lock:
             tracker.record(ok, nonfinite, invoke_us)
 

@@ -573,7 +573,7 @@ class Daemon:
         result = model.run(ordered)
         self.busy_since[worker_id] = None
         self.power.record(worker_id, started, result.invoke_us / 1e6)
-        self.models.record(model, True, result.outputs, result.invoke_us)
+        self.models.record(model, True, result.outputs, result.invoke_us, inputs=ordered)
         outputs = [protocol.as_wire_array(o) for o in result.outputs]
         header: dict[str, Any] = {
             "model": model.name, "version": model.version, "variant": model.spec.variant,

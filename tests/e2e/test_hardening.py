@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from edged.testing import tflite_build as tb
 from tests.e2e.test_serving import error_code, golden_inputs, raw_call
 
 pytestmark = [pytest.mark.e2e, pytest.mark.runtime]
@@ -67,3 +68,22 @@ def test_nan_outputs_with_top_k_never_kill_a_worker(daemon, repo):
             # A non-finite score has no JSON form: it is sent as null, never invented.
             assert [t["score"] for t in r.top_k] == [None, None, None]
     assert_serving(daemon, repo)
+
+
+def test_nan_inputs_during_probation_do_not_condemn_a_good_version(daemon_factory, tmp_path):
+    from tests.e2e.repohelpers import GOLDEN, publish, state_of, versions, wait_until
+    from tests.e2e.test_repository import config
+
+    repo = tmp_path / "repo"
+    publish(repo, "v1", tb.random_classifier(seed=1), tmp=tmp_path)
+    d = daemon_factory(repo, "--config", str(config(tmp_path, seconds=0, requests=20, max_nonfinite_rate=0.0)))
+    publish(repo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    nan = np.full((1, 8, 8, 1), np.nan, np.float32)
+    with d.client() as c:
+        wait_until(lambda: c.predict(GOLDEN).version == "v2", "v2 to serve", daemon=d)
+        for _ in range(25):  # the caller's NaN comes back as NaN: not the model's fault
+            assert np.isnan(c.predict(nan).outputs[0]).all()
+        for _ in range(20):
+            c.predict(GOLDEN)
+    wait_until(lambda: versions(d)["committed"] == "v2", "v2 committed", daemon=d)
+    assert state_of(d, "v2")["state"] == "serving"

@@ -50,6 +50,17 @@ def test_nonfinite_outputs_roll_back():
     assert verdict == "rollback" and "non-finite" in why
 
 
+def test_outputs_of_non_finite_inputs_are_not_judged():
+    t = tracker(requests=5, max_nonfinite_rate=0.0)
+    for _ in range(25):
+        t.record(True, None, 100)  # the caller sent NaN: not a sample of the model's numerics
+    assert t.verdict(0.0)[0] == "wait" and t.judged == 0
+    for i in range(5):
+        t.record(True, i == 3, 100)
+    verdict, why = t.verdict(0.0)
+    assert verdict == "rollback" and "1/5 requests with finite inputs" in why
+
+
 def test_p95_ratio_needs_an_absolute_slowdown_too():
     jitter = tracker(baseline=20.0, requests=20, max_p95_ratio=3.0, min_p95_delta_ms=1.0)
     for _ in range(20):

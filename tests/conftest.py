@@ -142,9 +142,24 @@ def daemon(daemon_factory, repo: Path) -> DaemonProcess:
     return daemon_factory(repo)
 
 
+#: How long a thread a test started may take to finish after the test (a thread told to stop
+#: just before the end may still be on its way out on a loaded machine); a leak never ends.
+THREAD_EXIT_GRACE_S = 10.0
+
+
 @pytest.fixture(autouse=True)
 def no_thread_leaks() -> Iterator[None]:
-    before = {t.ident for t in threading.enumerate()}
+    """Every thread a test starts has ended by its end, daemon threads included.
+
+    All of edged's own threads (workers, swapper, watcher, metrics) are daemon
+    threads, so the guard compares with the set of threads alive before the test
+    rather than skipping daemon threads.  Objects, not idents: an ident is reused.
+    """
+    before = set(threading.enumerate())
     yield
-    leaked = [t for t in threading.enumerate() if t.ident not in before and t.is_alive() and not t.daemon]
+    started = [t for t in threading.enumerate() if t not in before]
+    deadline = time.monotonic() + THREAD_EXIT_GRACE_S
+    for t in started:
+        t.join(max(0.0, deadline - time.monotonic()))
+    leaked = [t for t in started if t.is_alive()]
     assert not leaked, f"threads leaked by the test: {leaked}"

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -265,9 +266,11 @@ def test_kill_9_at_many_points_of_a_swap_always_restarts_on_a_valid_version(daem
         # Kill somewhere between "just published" and "swapped and on probation".
         delay = rng.uniform(0.0, 2.0)
         try:
-            d.proc.wait(delay)
-        except Exception:  # noqa: BLE001 - TimeoutExpired: still running, as intended
-            pass
+            rc = d.proc.wait(delay)
+        except subprocess.TimeoutExpired:
+            pass  # still running, as intended
+        else:
+            pytest.fail(f"iteration {i}: the daemon exited ({rc}) before it was killed:\n{d.log()}")
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait(30)
         d.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,7 +17,8 @@ from edged.errors import ErrorCode, Throttled, TransportError
 
 
 class ScriptedServer:
-    """Answers each request with the next scripted action: 'drop', a reply dict, or 'stale+ok'."""
+    """Answers each request with the next scripted action: 'drop', a reply dict, 'stale+ok',
+    or a (reply dict, [raw frames]) pair for a reply that carries arrays."""
 
     def __init__(self, script: list) -> None:
         self.ctx = zmq.Context.instance()
@@ -36,6 +38,10 @@ class ScriptedServer:
             ident, header = frames[0], json.loads(frames[1])
             self.seen.append(header)
             action = self.script.pop(0)
+            if isinstance(action, tuple):
+                head, raw = action
+                self.sock.send_multipart([ident, protocol.dumps({**head, "id": header["id"]}), *raw])
+                continue
             if action == "drop":
                 stale_id = header["id"]
                 continue
@@ -83,23 +89,26 @@ def test_stale_replies_are_skipped_by_id(server_factory):
     c.close()
 
 
-def test_throttled_is_typed_and_retry_is_opt_in(server_factory):
-    throttle = {"v": 1, "ok": False, "error": {"code": "THROTTLED", "message": "slow down", "retry_after_ms": 1}}
+def test_throttled_is_typed_and_retry_is_opt_in(server_factory, monkeypatch):
+    throttle = {"v": 1, "ok": False, "error": {"code": "THROTTLED", "message": "slow down", "retry_after_ms": 7}}
     x = np.zeros((1, 2), np.float32)
-    ok = {"v": 1, "ok": True, "model": "m", "version": "v1", "outputs": [{"dtype": "float32", "shape": [0]}]}
-    s = server_factory([throttle])
+    y = np.array([[0.25, 0.75]], np.float32)
+    ok = ({"v": 1, "ok": True, "model": "m", "version": "v1", "outputs": [protocol.tensor_meta(y, "y")]},
+          [y.tobytes()])
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # the client's back-off, recorded instead of slept
+    s = server_factory([throttle, throttle, ok])
     c = Client(s.endpoint, timeout=5, context=s.ctx)
-    with pytest.raises(Throttled) as info:
+    with pytest.raises(Throttled) as info:  # no retry unless asked for
         c.predict(x)
-    assert info.value.retry_after_ms == 1
-    # With retries the client sleeps retry_after_ms and tries again; the server then answers.
-    s2 = server_factory([throttle, ok])
-    c2 = Client(s2.endpoint, timeout=5, context=s2.ctx)
-    with pytest.raises(TransportError):  # ok reply declares 1 output but carries no frame
-        c2.predict(x, retry_throttled=3)
-    assert len(s2.seen) == 2 and s2.seen[0]["inputs"] == [{"dtype": "float32", "shape": [1, 2]}]
+    assert info.value.retry_after_ms == 7 and slept == []
+    # Opted in: the client waits retry_after_ms, sends again, and returns the answer to the retry.
+    r = c.predict(x, retry_throttled=3)
+    assert (r.model, r.version) == ("m", "v1")
+    np.testing.assert_array_equal(r.outputs[0], y)
+    assert slept == [0.007]
+    assert len(s.seen) == 3 and s.seen[1]["inputs"] == s.seen[2]["inputs"] == [{"dtype": "float32", "shape": [1, 2]}]
     c.close()
-    c2.close()
 
 
 def test_request_header_shape(server_factory):

@@ -197,12 +197,30 @@ def test_updates_are_deferred_while_the_profile_forbids_them(daemon_factory, lit
 
 def test_throttled_is_typed_and_retry_is_opt_in(daemon_factory, lite_repo, tmp_path):
     sensor = tmp_path / "ups.json"
-    write_sensor(sensor, battery_percent=5, on_ac=False)  # critical: 2 rps
+    write_sensor(sensor, battery_percent=5, on_ac=False)  # critical: 2 rps, a bucket of 2
     d = daemon_factory(lite_repo, "--config", str(power_config(tmp_path, sensor)))
+
+    def throttled() -> int:
+        with d.control() as ctl:
+            return ctl.stats()["stats"]["models"][0]["throttled"]
+
     with d.client() as c:
-        results = [c.predict(DARK, retry_throttled=50) for _ in range(4)]
-    assert all(r.version == "v1" for r in results)
-    assert np.isfinite(results[-1].outputs[0]).all()
+        # Without opt-in the client does not retry: over the budget, the typed error comes back.
+        with pytest.raises(Throttled) as info:
+            for _ in range(50):  # the bucket empties within a few calls however slow the machine
+                c.predict(DARK)
+        assert info.value.code.value == "THROTTLED" and 1 <= info.value.retry_after_ms <= 1000
+        assert info.value.details.get("profile") == "critical"
+        # Opted in, the same overload is served: a refusal is waited out and retried.  Each
+        # refusal is counted, and every call here succeeds, so a counted one was a retried one.
+        before = throttled()
+        for _ in range(50):
+            r = c.predict(DARK, retry_throttled=50)
+            assert r.version == "v1" and np.isfinite(r.outputs[0]).all()
+            if throttled() > before:
+                break
+        else:
+            pytest.fail("no opted-in request was refused and then served")
 
 
 def test_broken_lite_file_is_refused_in_a_child_and_the_full_model_keeps_serving(daemon_factory, lite_repo,

@@ -193,6 +193,11 @@ def cmd_ctl(args: argparse.Namespace) -> int:
             _print(args, c.call("power", **fields)[0], _power_text)
         elif args.ctl == "versions":
             _print(args, c.call("versions", model=args.model)[0], _versions_text)
+        elif args.ctl == "update":
+            from edged.update.cli import ctl_update
+
+            data, text = ctl_update(args, c)
+            _print(args, data, text)
         else:
             fields = {k: getattr(args, k) for k in ("model", "version") if getattr(args, k, None) is not None}
             if getattr(args, "force", False):
@@ -392,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("rollback", "go back to the previous good version"),
                            ("unpin", "let auto-activation manage the model again")):
         ctl_opts(ctl.add_parser(name, help=helptext)).add_argument("--model", default=None)
+    up = ctl_opts(ctl.add_parser("update", help="remote updates: status, check now"))
+    ups = up.add_subparsers(dest="update", required=True)
+    ctl_opts(ups.add_parser("status", help="last check, versions available, download, next check"))
+    ctl_opts(ups.add_parser("check", help="check the registry now and wait for the result")).add_argument(
+        "--no-wait", action="store_true", help="reply at once; the check runs in the background")
     s.set_defaults(func=cmd_ctl)
     from edged.update.cli import add_registry_parser
 

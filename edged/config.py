@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,33 @@ class RepositoryConfig:
         )
 
 
+UpdateStrategy = Literal["off", "periodic"]
+
+
+@dataclass
+class UpdateConfig:
+    """``[update]``: pull new versions from a signed registry (docs/updates.md).  Off unless ``url`` is set."""
+
+    #: The registry's base URL: metadata under <url>/metadata/, targets under <targets_url or url>/targets/.
+    url: str = ""
+    targets_url: str = ""
+    #: The trusted root.json installed with the device (install.sh --update-root).
+    root: str = "/etc/edged/update-root.json"
+    channel: str = "stable"
+    strategy: UpdateStrategy = "off"
+    interval_s: float = 3600.0
+    #: Each wait is interval_s times a random factor in [1 - jitter, 1 + jitter].
+    jitter: float = 0.1
+    timeout_s: float = 30.0
+    max_download_mb: float = 512.0
+    #: Download rate cap in kilobits per second; 0 = no cap.
+    max_rate_kbps: float = 0.0
+    #: Tries per file after the first one fails mid-transfer (backoff 1, 2, 4 … s, at most 60 s).
+    retries: int = 3
+    #: "" = a hash of /etc/machine-id.
+    device_id: str = ""
+
+
 @dataclass
 class FrigateConfig:
     """``[frigate]``: answer Frigate's ``zmq`` detector plugin (docs/frigate.md)."""
@@ -167,6 +195,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     #: The raw [power] table; validated by edged.power.config in load().
     power: dict[str, Any] = field(default_factory=dict)
     frigate: FrigateConfig = field(default_factory=FrigateConfig)
@@ -201,11 +230,12 @@ _POSITIVE = {
     "server.workers", "server.queue_size", "server.tick_s", "server.max_message_bytes",
     "server.max_header_bytes", "server.max_image_bytes", "server.max_image_pixels",
     "server.stuck_invoke_s", "repository.validation_timeout_s", "probation.tries", "frigate.budget_ms",
+    "update.interval_s", "update.timeout_s", "update.max_download_mb",
 }
 _NON_NEGATIVE = {
     "server.grace_period_s", "runtime.num_threads", "repository.settle_s", "probation.seconds",
     "probation.requests", "probation.max_error_rate", "probation.max_nonfinite_rate", "probation.max_p95_ratio",
-    "probation.min_p95_delta_ms",
+    "probation.min_p95_delta_ms", "update.max_rate_kbps", "update.retries",
 }
 
 
@@ -287,10 +317,30 @@ def _validate(config: Config) -> None:
             else:
                 raise ConfigError(f"{prefix}.{key}", value, "unknown key (known: activation, keep_previous, probation)")
     _validate_frigate(config)
+    _validate_update(config.update)
     try:
         PowerConfig.from_dict(config.power)
     except PowerConfigError as exc:
         raise ConfigError(exc.key, exc.value, exc.reason) from None
+
+
+_CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # named like a model
+
+
+def _validate_update(u: UpdateConfig) -> None:
+    if not 0 <= u.jitter < 1:
+        raise ConfigError("update.jitter", u.jitter, "must be a fraction 0 <= jitter < 1")
+    for key in ("url", "targets_url"):
+        value = getattr(u, key)
+        if value and not value.startswith(("http://", "https://")):
+            raise ConfigError(f"update.{key}", value, "must be an http:// or https:// URL")
+    if u.strategy != "off" and not u.url:
+        raise ConfigError("update.strategy", u.strategy, "needs update.url (the registry)")
+    if u.url and not os.path.isfile(u.root):
+        raise ConfigError("update.root", u.root, "no such file: install the registry's root.json "
+                                                 "(install.sh --update-root FILE)")
+    if not _CHANNEL_RE.match(u.channel):
+        raise ConfigError("update.channel", u.channel, "letters, digits, '.', '_', '-'")
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -394,14 +444,16 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
                 raise ConfigError(dotted, value, f"{part} is not a table")
             table = nxt
         table[key] = value
-    unknown = set(data) - {"server", "runtime", "repository", "power", "frigate"}
+    unknown = set(data) - {"server", "runtime", "repository", "power", "frigate", "update"}
     if unknown:
         name = sorted(unknown)[0]
-        raise ConfigError(name, data[name], "unknown section (known: server, runtime, repository, power, frigate)")
+        raise ConfigError(name, data[name], "unknown section (known: server, runtime, repository, power, frigate, "
+                                            "update)")
     config = Config(
         server=_build(ServerConfig, data.get("server", {}), "server"),
         runtime=_build(RuntimeConfig, data.get("runtime", {}), "runtime"),
         repository=_build(RepositoryConfig, data.get("repository", {}), "repository"),
+        update=_build(UpdateConfig, data.get("update", {}), "update"),
         power=data.get("power", {}),
         frigate=_build(FrigateConfig, data.get("frigate", {}), "frigate"),
         source=source,

@@ -3,13 +3,16 @@
 # that is already right, and never overwrites /etc/edged/edged.toml or a
 # non-empty model repository.
 #
-# Usage: sudo scripts/install.sh [--no-systemctl] [--skip-pip] [--edgetpu]
+# Usage: sudo scripts/install.sh [--no-systemctl] [--skip-pip] [--edgetpu] [--update-root FILE]
 #
 #   --no-systemctl  do not run systemctl (also automatic when systemd is not
 #                   running, e.g. in a container, or when DESTDIR is set)
 #   --skip-pip      create the venv without pip and install nothing into it
 #                   (tests; same as EDGED_SKIP_PIP=1)
 #   --edgetpu       also install systemd/edgetpu.conf as a drop-in
+#   --update-root FILE  the update registry's trusted root.json (from `edged registry init`),
+#                   installed as /etc/edged/update-root.json, with systemd/update.conf as a
+#                   drop-in that lets the daemon reach the registry (docs/updates.md)
 #
 # Environment:
 #   DESTDIR         stage everything under this prefix (e.g. /tmp/root) instead of /;
@@ -26,6 +29,7 @@
 #   /opt/edged                     venv with edged installed; /usr/local/bin/edged links to it
 #   /etc/edged/edged.toml          from systemd/edged.toml.example, if absent
 #   /etc/systemd/system/edged.service (+ edged.service.d/edgetpu.conf with --edgetpu)
+#   /etc/edged/update-root.json (+ edged.service.d/update.conf)   [--update-root]
 #   /var/lib/edged/models          seeded from the repository's models/ if empty
 #   systemctl daemon-reload; systemctl enable --now edged     [systemd running, no DESTDIR]
 set -euo pipefail
@@ -41,15 +45,20 @@ skip_pip="${EDGED_SKIP_PIP:-0}"
 seed="${EDGED_SEED_MODELS:-$here/models}"
 use_systemctl=1
 edgetpu=0
+update_root=""
 
-for arg in "$@"; do
-    case "$arg" in
+while [ $# -gt 0 ]; do
+    case "$1" in
         --no-systemctl) use_systemctl=0 ;;
         --skip-pip) skip_pip=1 ;;
         --edgetpu) edgetpu=1 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-        *) echo "install.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+        --update-root) [ $# -ge 2 ] || { echo "install.sh: --update-root needs a FILE" >&2; exit 2; }
+                       update_root="$2"; shift ;;
+        --update-root=*) update_root="${1#--update-root=}" ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
+    shift
 done
 
 say() { echo "install.sh: $*"; }
@@ -154,12 +163,22 @@ fi
 if [ "$manage_users" = 1 ]; then
     chgrp edged "$conf_dir/edged.toml"  # root-owned, readable by the daemon only
 fi
+if [ -n "$update_root" ]; then
+    [ -f "$update_root" ] || die "--update-root $update_root: no such file"
+    # The device's trust anchor: refuse anything that is not TUF root metadata.
+    "$PYTHON" -c 'import json, sys; d = json.load(open(sys.argv[1])); sys.exit(d["signed"]["_type"] != "root")' \
+        "$update_root" 2>/dev/null || die "--update-root $update_root is not a TUF root.json (edged registry init)"
+    if put "$update_root" "$conf_dir/update-root.json" 0644; then changed=1; fi
+fi
 
 # -- systemd unit ------------------------------------------------------------------------------
 unit_dir="$DESTDIR/etc/systemd/system"
 if put "$here/systemd/edged.service" "$unit_dir/edged.service" 0644; then changed=1; fi
 if [ "$edgetpu" = 1 ]; then
     if put "$here/systemd/edgetpu.conf" "$unit_dir/edged.service.d/edgetpu.conf" 0644; then changed=1; fi
+fi
+if [ -n "$update_root" ]; then
+    if put "$here/systemd/update.conf" "$unit_dir/edged.service.d/update.conf" 0644; then changed=1; fi
 fi
 
 # -- model repository --------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 # Usage: sudo scripts/uninstall.sh [--purge] [--no-systemctl]
 #
 # Removes: the service (stopped and disabled first), its unit and the
-# edgetpu.conf drop-in, the venv /opt/edged, /usr/local/bin/edged, user edged
+# edgetpu.conf and update.conf drop-ins, the venv /opt/edged, /usr/local/bin/edged, user edged
 # and groups edged and edged-clients.
 # Keeps:   /etc/edged (configuration) and /var/lib/edged (models) unless --purge.
 #          Kept files stay owned by the old numeric uid; install.sh (and
@@ -44,7 +44,7 @@ if [ "$use_systemctl" = 1 ] && systemctl cat edged.service >/dev/null 2>&1; then
     # Bounded by the unit's TimeoutStopSec (drain, then SIGKILL).
     systemctl disable --now edged || say "warning: could not stop/disable edged; continuing"
 fi
-rm -f "$unit_dir/edged.service" "$unit_dir/edged.service.d/edgetpu.conf"
+rm -f "$unit_dir/edged.service" "$unit_dir/edged.service.d/edgetpu.conf" "$unit_dir/edged.service.d/update.conf"
 rmdir "$unit_dir/edged.service.d" 2>/dev/null || true
 [ "$use_systemctl" = 1 ] && systemctl daemon-reload
 say "removed the unit"

@@ -133,6 +133,7 @@ class _Op:
     force: bool = False
     reason: str = ""
     done: Callable[[dict[str, Any] | None, BaseException | None], None] | None = None
+    target: str | None = None  # rollback: go to this version (a registry withdrawal), not the committed one
 
 
 class ModelManager:
@@ -434,7 +435,7 @@ class ModelManager:
                 if op.kind == "swap":
                     result = self._swap(op)
                 elif op.kind == "rollback":
-                    result = self._rollback(op.model, op.reason, expect=op.version)
+                    result = self._rollback(op.model, op.reason, expect=op.version, target=op.target)
                 elif op.kind == "variant":
                     result = self._switch_variant(op.model)
             except Exception as exc:  # reported to the caller / log; the serving version is untouched
@@ -521,7 +522,8 @@ class ModelManager:
         self.emit(event)
         return {**event, "changed": True}
 
-    def _rollback(self, name: str, why: str, *, expect: str | None = None) -> dict[str, Any]:
+    def _rollback(self, name: str, why: str, *, expect: str | None = None,
+                  target: str | None = None) -> dict[str, Any]:
         """Roll the serving version back to the last committed one and mark it bad.
 
         ``expect`` (probation verdicts) is the version judged; if another version
@@ -534,8 +536,9 @@ class ModelManager:
         if expect is not None and expect != bad_version:
             log.info("%s: %s was superseded by %s before its rollback ran; nothing to do", name, expect, bad_version)
             return {"model": name, "version": bad_version, "changed": False}
-        target: str | None
-        if st.probation is not None and st.probation.previous and st.probation.previous != bad_version:
+        if target is not None:
+            pass  # chosen by the caller (the updater: the newest version below a withdrawn one)
+        elif st.probation is not None and st.probation.previous and st.probation.previous != bad_version:
             target = st.probation.previous
         elif st.committed and st.committed != bad_version:
             target = st.committed
@@ -703,6 +706,18 @@ class ModelManager:
         slot = self.slot(name)
         self.state.update(slot.name, pinned=None)
         return slot
+
+    def withdraw(self, name: str, version: str, target: str, why: str) -> None:
+        """Roll ``name`` back from ``version`` to ``target`` and mark it bad, on the swap thread (any thread)."""
+        self._ops.put(_Op("rollback", name, version, reason=why, target=target))
+
+    def mark_bad(self, name: str, version: str, why: str) -> None:
+        """Keep ``version`` from ever being activated (persisted; ``edged ctl unmark`` undoes it)."""
+        self.state.mark_bad(name, version, why)
+
+    def rescan_soon(self) -> None:
+        """Have the main loop scan the repository at its next turn (any thread)."""
+        self._rescan_in(0.0)
 
     def unmark(self, name: str | None, version: str) -> bool:
         slot = self.slot(name)

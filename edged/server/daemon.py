@@ -100,6 +100,7 @@ class Daemon:
         self._events: deque[dict[str, Any]] = deque()
         self._outbox: deque[tuple[str, list[Any], bytes, list[Any]]] = deque()
         self.watcher: RepositoryWatcher | None = None
+        self.updater: Any = None  # edged.update.service.UpdateService when [update] url is set
         self.watchdog_gate: WatchdogGate | None = None
         self.events_sock: zmq.Socket | None = None
 
@@ -133,6 +134,12 @@ class Daemon:
             self.watcher.start()
         self.models.scan()
         self.add_timer("probation", cfg.server.tick_s, self.models.check_probation)
+        if cfg.update.url:
+            from edged.server.updatehost import DaemonUpdateHost  # imports tuf only when updates are on
+            from edged.update.service import UpdateService
+
+            self.updater = UpdateService(cfg.update, self.models.root, DaemonUpdateHost(self), clock=self.clock)
+            self.updater.start()
         if self.power.enabled:
             self.add_timer("power", self.power.config.interval_s, self.power.sample)
         interval = self.notifier.watchdog_interval()
@@ -305,6 +312,8 @@ class Daemon:
         reason startup failed) is the one reported.
         """
         steps: list[tuple[str, Callable[[], Any]]] = []
+        if self.updater is not None:
+            steps.append(("updater", lambda: self.updater.close(_JOIN_S)))
         if self.watcher is not None:
             steps.append(("watcher", self.watcher.stop))
         if self.metrics_server is not None:
@@ -325,6 +334,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Stop workers, flush replies, close sockets and remove ipc files."""
+        if self.updater is not None:
+            self.updater.close(_JOIN_S)  # a transfer stops at its next chunk; its .part file stays
         if self.watcher is not None:
             self.watcher.stop()
         if self.metrics_server is not None:
@@ -466,6 +477,8 @@ class Daemon:
             self.stats.swapped(event["model"], event["version"])
         elif kind == "rollback" and event.get("from"):
             self.stats.rolled_back(event["model"], event["from"])
+        if self.updater is not None:
+            self.updater.observe(event)  # a version rejected or rolled back here is never fetched again
         self._events.append(event)
         self.wake()
 
@@ -475,7 +488,7 @@ class Daemon:
         while self._events:
             event = self._events.popleft()
             if self.events_sock is not None:
-                topic = f"{'power' if event.get('event') == 'profile' else 'model'}".encode()
+                topic = _event_topic(event.get("event")).encode()
                 try:
                     self.events_sock.send_multipart([topic, protocol.dumps(event)])
                 except (TypeError, ValueError, zmq.ZMQError):
@@ -662,6 +675,8 @@ class Daemon:
             restart_needed = [f"server.{k}" for k in changed if k not in _LIVE_SERVER_KEYS]
             if new.runtime != self.config.runtime:
                 restart_needed.append("runtime")
+            if new.update != self.config.update:
+                restart_needed.append("update")
             if new.models_path != self.config.models_path:
                 restart_needed.append("repository.path")
                 new.repository.path = self.config.repository.path
@@ -685,6 +700,14 @@ class Daemon:
         finally:
             self.state = previous if previous is not DaemonState.RELOADING else DaemonState.RUNNING
             self.notifier.ready(self.status_line())
+
+
+def _event_topic(kind: Any) -> str:
+    if kind == "profile":
+        return "power"
+    if isinstance(kind, str) and kind.startswith(("update-", "download-")):
+        return "update"
+    return "model"
 
 
 def _ipc_alive(ctx: zmq.Context, endpoint: str) -> bool:

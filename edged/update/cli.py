@@ -106,3 +106,45 @@ def _status_text(d: dict[str, Any]) -> str:
             lines.append(f"  {version:>8}  {info['channel']:<8} {info['rollout']:>5g} %"
                          + ("  WITHDRAWN" if info["withdrawn"] else ""))
     return "\n".join(lines)
+
+
+# -- edged ctl update -----------------------------------------------------------------------------
+
+def ctl_update(args: argparse.Namespace, client: Any) -> tuple[Any, Any]:
+    """Call ``update-status`` / ``update-check``; returns (data, text formatter) for the CLI to print."""
+    if args.update == "check":
+        head, _ = client.call("update-check", wait=not args.no_wait)
+        if args.no_wait:
+            return {"queued": True}, lambda d: "check queued"
+        return head["check"], _check_text
+    head, _ = client.call("update-status")
+    return {k: v for k, v in head.items() if k not in ("v", "id", "op", "ok")}, _update_status_text
+
+
+def _check_text(c: dict[str, Any]) -> str:
+    if c is None:
+        return "no check yet"
+    head = "ok" if c.get("ok") else f"refused ({c.get('kind')}): {c.get('refused')}"
+    lines = [f"check ({c.get('reason')}): {head}; {c.get('requests')} requests, {c.get('bytes')} bytes, "
+             f"{c.get('duration_s')} s"]
+    for d in c.get("decisions", []):
+        lines.append(f"  {d['model']}: {d['action']}" + (f" {d['version']}" if d.get("version") else "")
+                     + f" – {d['reason']}")
+    for item in c.get("installed", []):
+        lines.append(f"  installed {item}")
+    return "\n".join(lines)
+
+
+def _update_status_text(d: dict[str, Any]) -> str:
+    lines = [f"registry {d['url']}  channel {d['channel']}  strategy {d['strategy']}  device {d['device_id']}"]
+    lines.append("last " + _check_text(d["last_check"]) if d.get("last_check") else "no check yet")
+    dl = d.get("download")
+    if dl:
+        lines.append(f"downloading {dl['model']}/{dl['version']}: {dl['bytes_done']}/{dl['bytes_total']} bytes")
+    nxt = d.get("next_check") or {}
+    when = "on demand" if nxt.get("in_s") is None else f"in {nxt['in_s']:.0f} s"
+    lines.append(f"next check {when}: {nxt.get('why', '')}")
+    for model, versions in (d.get("failed") or {}).items():
+        for version, why in versions.items():
+            lines.append(f"  never again {model}/{version}: {why}")
+    return "\n".join(lines)

@@ -7,6 +7,7 @@ real `pip install` of this repository into the staged venv (about 20 s).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -114,6 +115,26 @@ def test_install_refuses_unknown_flag(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--bogus" in proc.stderr
+
+
+def test_install_update_root_installs_the_trust_anchor_and_the_network_drop_in(tmp_path: Path, seed: Path) -> None:
+    dest = tmp_path / "root"
+    root = tmp_path / "1.root.json"
+    root.write_text(json.dumps({"signed": {"_type": "root", "version": 1}, "signatures": []}))
+    env = {"EDGED_SKIP_PIP": "1", "EDGED_SEED_MODELS": str(seed)}
+    _run(INSTALL, dest, "--update-root", str(root), env=env)
+    installed = dest / "etc/edged/update-root.json"
+    assert installed.read_bytes() == root.read_bytes() and stat.S_IMODE(installed.stat().st_mode) == 0o644
+    dropin = dest / "etc/systemd/system/edged.service.d/update.conf"
+    assert dropin.read_text() == (ROOT / "systemd/update.conf").read_text()
+    not_root = tmp_path / "timestamp.json"
+    not_root.write_text(json.dumps({"signed": {"_type": "timestamp"}}))
+    proc = subprocess.run(["bash", str(INSTALL), f"--update-root={not_root}"],
+                          env={**os.environ, "DESTDIR": str(dest), "PYTHON": sys.executable, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "not a TUF root.json" in proc.stderr
+    _run(UNINSTALL, dest)
+    assert not dropin.exists()
 
 
 def test_config_example_is_valid_toml_with_default_values() -> None:

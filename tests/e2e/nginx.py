@@ -64,7 +64,7 @@ pid {p}/nginx.pid;
 error_log {p}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-    log_format edged '$request_method $request_uri $status $body_bytes_sent "$http_range"';
+    log_format edged '$request_method $request_uri $status $body_bytes_sent $bytes_sent $request_length "$http_range"';
     access_log {self.access_log} edged flush=100ms buffer=4k;
     client_body_temp_path {p}/tmp/body;
     proxy_temp_path {p}/tmp/proxy;
@@ -124,7 +124,10 @@ http {{
         self.start(limit_rate)
 
     def requests(self) -> list[dict[str, str]]:
-        """Every logged request: method, path, status, bytes, range (the log is flushed within 100 ms)."""
+        """Every logged request (the log is flushed within 100 ms).
+
+        Keys: method, path, status, bytes (body), sent (with headers), received (request with headers), range.
+        """
         time.sleep(0.3)
         try:
             lines = self.access_log.read_text().splitlines()
@@ -132,8 +135,9 @@ http {{
             return []
         out = []
         for line in lines:
-            method, path, status, size, rng = line.split(" ", 4)
-            out.append({"method": method, "path": path, "status": status, "bytes": size, "range": rng.strip('"')})
+            method, path, status, size, sent, received, rng = line.split(" ", 6)
+            out.append({"method": method, "path": path, "status": status, "bytes": size, "sent": sent,
+                        "received": received, "range": rng.strip('"')})
         return out
 
     def target_requests(self) -> list[dict[str, str]]:

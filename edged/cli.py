@@ -118,18 +118,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
             r = c.predict(data, model=args.model, top_k=args.top, priority=args.priority,
                           deadline_ms=args.deadline_ms, wait=args.wait)
     if args.json:
-        out = {"model": r.model, "version": r.version, "delegate": r.delegate, "runtime": r.runtime,
+        out = {"request_id": r.request_id, "model": r.model, "version": r.version, "delegate": r.delegate,
+               "runtime": r.runtime,
                "profile": r.profile, "timing": r.timing, "top_k": r.top_k,
                "outputs": [{"dtype": o.dtype.name, "shape": list(o.shape), "data": o.tolist()} for o in r.outputs]}
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{r.model}/{r.version} ({r.delegate}, {r.timing.get('total_us', 0) / 1000:.2f} ms)")
+    print(f"{r.model}/{r.version} ({r.delegate}, {r.timing.get('total_us', 0) / 1000:.2f} ms)"
+          + (f"  request_id {r.request_id}" if r.request_id else ""))
     if r.top_k:
         for entry in r.top_k:
             print(f"  {entry['label']:>12}  {entry['score']:.4f}")
     else:
         for i, o in enumerate(r.outputs):
             print(f"  output {i}: {o.dtype.name}{list(o.shape)} {o.reshape(-1)[:10].tolist()}")
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    label: str | int | None = args.label
+    if label is not None and args.index:
+        label = int(label)
+    correct = True if args.correct else (False if args.wrong else None)
+    with _client(args) as c:
+        data = c.feedback(args.request_id, label=label, correct=correct, model=args.model)
+    _print(args, data, lambda d: (f"{d['model']}/{d['version']}: predicted {d['predicted']}, "
+                                  f"{'correct' if d['correct'] else 'wrong'}; live accuracy "
+                                  + ("-" if d["accuracy"] is None else f"{d['accuracy']:.1%}")
+                                  + f" over {d['feedback']} report(s)"))
     return 0
 
 
@@ -325,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="over the power profile's rate limit, wait in the daemon's queue instead of THROTTLED")
     s.add_argument("file")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("feedback", help="report the truth about an earlier prediction (live accuracy)")
+    client_opts(s)
+    s.add_argument("request_id", help="the request_id printed by 'edged predict' / Prediction.request_id")
+    verdict = s.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--label", help="the true class (its label text; with --index, its index)")
+    verdict.add_argument("--correct", action="store_true", help="the prediction was right")
+    verdict.add_argument("--wrong", action="store_true", help="the prediction was wrong")
+    s.add_argument("--index", action="store_true", help="--label is a class index, not a label text")
+    s.add_argument("--model", default=None)
+    s.set_defaults(func=cmd_feedback)
 
     s = sub.add_parser("info", help="describe the serving model(s)")
     client_opts(s)

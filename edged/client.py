@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from edged import protocol
-from edged.errors import ErrorCode, Throttled, TransportError, from_wire
+from edged.errors import ErrorCode, RequestError, Throttled, TransportError, from_wire
 
 
 #: Where the systemd unit's daemon listens (RuntimeDirectory=edged).
@@ -78,6 +78,8 @@ class Prediction:
     timing: dict[str, int]
     top_k: list[dict[str, Any]] | None = None
     header: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: The daemon's id for this prediction, to quote in :meth:`Client.feedback`.
+    request_id: str | None = None
 
 
 class Client:
@@ -218,7 +220,27 @@ class Client:
             raise TransportError(f"bad output frames: {exc}", code=ErrorCode.PROTOCOL_ERROR) from None
         return Prediction(outputs, head.get("model", ""), head.get("version", ""), head.get("delegate", ""),
                           head.get("runtime", ""), head.get("profile"), head.get("timing", {}),
-                          head.get("top_k"), head)
+                          head.get("top_k"), head, head.get("request_id"))
+
+    def feedback(self, prediction: Prediction | str, *, label: str | int | None = None,
+                 correct: bool | None = None, model: str | None = None) -> dict[str, Any]:
+        """Tell the daemon the truth about an earlier prediction (live accuracy, probation).
+
+        ``prediction`` is a :class:`Prediction` or its ``request_id``; give exactly
+        one of ``label`` (the true class, label text or index) and ``correct``.
+        Raises :class:`~edged.errors.NotFoundError` (``UNKNOWN_REQUEST``) when the
+        daemon no longer remembers the prediction (restarted, already reported, or
+        older than its window), :class:`~edged.errors.RequestError` for a bad label.
+        """
+        rid = prediction.request_id if isinstance(prediction, Prediction) else prediction
+        if not rid:
+            raise RequestError("this prediction carries no request_id (an older daemon?)")
+        fields: dict[str, Any] = {"request_id": rid, "model": model}
+        if label is not None:
+            fields["label"] = label
+        if correct is not None:
+            fields["correct"] = bool(correct)
+        return self.call("feedback", **fields)[0]
 
     def info(self, model: str | None = None) -> dict[str, Any]:
         return self.call("info", model=model)[0]

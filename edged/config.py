@@ -108,6 +108,30 @@ class ProbationConfig:
     #: terms: sub-millisecond models jitter by several x under load.
     min_p95_delta_ms: float = 1.0
     tries: int = 1
+    #: Live accuracy from application feedback (``feedback`` op) judges a version only
+    #: after this many reports on it...
+    min_feedback: int = 20
+    #: ...and rolls it back when it is worse than the previous version's by more than this
+    #: (absolute, 0.05 = five points; the previous version's manifest accuracy is the
+    #: baseline while it has too little feedback of its own).
+    max_accuracy_drop: float = 0.05
+
+
+@dataclass
+class HealthConfig:
+    """Per-version health signals over a window of recent requests (docs/configuration.md)."""
+
+    #: Requests (and feedback reports, and remembered request ids) per version's window.
+    window: int = 1000
+    #: A classifier answer whose top-1 probability is below this counts as low confidence.
+    low_confidence: float = 0.5
+    #: Past any of these a version "looks unhealthy" (used by the adaptive update strategy).
+    max_error_rate: float = 0.05
+    max_low_confidence_share: float = 0.5
+    #: Live accuracy under this is unhealthy (0 = no floor).
+    min_accuracy: float = 0.0
+    #: Fewest requests (and feedback reports, for accuracy) before a signal counts.
+    min_samples: int = 20
 
 
 @dataclass
@@ -196,6 +220,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     #: The raw [power] table; validated by edged.power.config in load().
     power: dict[str, Any] = field(default_factory=dict)
     frigate: FrigateConfig = field(default_factory=FrigateConfig)
@@ -231,11 +256,17 @@ _POSITIVE = {
     "server.max_header_bytes", "server.max_image_bytes", "server.max_image_pixels",
     "server.stuck_invoke_s", "repository.validation_timeout_s", "probation.tries", "frigate.budget_ms",
     "update.interval_s", "update.timeout_s", "update.max_download_mb",
+    "health.window", "health.min_samples",
+}
+#: Shares and probabilities: 0..1.
+_FRACTION = {
+    "health.low_confidence", "health.max_error_rate", "health.max_low_confidence_share", "health.min_accuracy",
+    "probation.max_accuracy_drop",
 }
 _NON_NEGATIVE = {
     "server.grace_period_s", "runtime.num_threads", "repository.settle_s", "probation.seconds",
     "probation.requests", "probation.max_error_rate", "probation.max_nonfinite_rate", "probation.max_p95_ratio",
-    "probation.min_p95_delta_ms", "update.max_rate_kbps", "update.retries",
+    "probation.min_p95_delta_ms", "update.max_rate_kbps", "update.retries", "probation.min_feedback",
 }
 
 
@@ -269,6 +300,10 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
         raise ConfigError(key, value, "must be > 0")
     if short in _NON_NEGATIVE and value < 0:
         raise ConfigError(key, value, "must be >= 0")
+    if short in _FRACTION and not 0.0 <= value <= 1.0:
+        raise ConfigError(key, value, "must be between 0 and 1")
+    if key == "health.window" and value > 100_000:
+        raise ConfigError(key, value, "must be <= 100000 (memory is kept per version)")
     return value
 
 
@@ -444,16 +479,17 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
                 raise ConfigError(dotted, value, f"{part} is not a table")
             table = nxt
         table[key] = value
-    unknown = set(data) - {"server", "runtime", "repository", "power", "frigate", "update"}
+    sections = ("server", "runtime", "repository", "health", "power", "frigate", "update")
+    unknown = set(data) - set(sections)
     if unknown:
         name = sorted(unknown)[0]
-        raise ConfigError(name, data[name], "unknown section (known: server, runtime, repository, power, frigate, "
-                                            "update)")
+        raise ConfigError(name, data[name], f"unknown section (known: {', '.join(sections)})")
     config = Config(
         server=_build(ServerConfig, data.get("server", {}), "server"),
         runtime=_build(RuntimeConfig, data.get("runtime", {}), "runtime"),
         repository=_build(RepositoryConfig, data.get("repository", {}), "repository"),
         update=_build(UpdateConfig, data.get("update", {}), "update"),
+        health=_build(HealthConfig, data.get("health", {}), "health"),
         power=data.get("power", {}),
         frigate=_build(FrigateConfig, data.get("frigate", {}), "frigate"),
         source=source,

@@ -36,6 +36,7 @@ class ErrorCode(str, enum.Enum):
     # -- the thing asked for does not exist (exit 4) --
     UNKNOWN_MODEL = "UNKNOWN_MODEL"
     UNKNOWN_VERSION = "UNKNOWN_VERSION"
+    UNKNOWN_REQUEST = "UNKNOWN_REQUEST"  # feedback for a request id never served, or expired
     # -- not now; retry later (exit 5) --
     THROTTLED = "THROTTLED"  # carries retry_after_ms
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
@@ -58,7 +59,7 @@ EXIT_STATUS: dict[ErrorCode, int] = {}
 for _code, _status in (
     ((ErrorCode.BAD_REQUEST, ErrorCode.UNSUPPORTED_PROTOCOL, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_OP,
       ErrorCode.BAD_DTYPE, ErrorCode.BAD_SHAPE, ErrorCode.BAD_SIZE, ErrorCode.BAD_IMAGE), 3),
-    ((ErrorCode.UNKNOWN_MODEL, ErrorCode.UNKNOWN_VERSION), 4),
+    ((ErrorCode.UNKNOWN_MODEL, ErrorCode.UNKNOWN_VERSION, ErrorCode.UNKNOWN_REQUEST), 4),
     ((ErrorCode.THROTTLED, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.SHUTTING_DOWN, ErrorCode.INVALID_STATE), 5),
     ((ErrorCode.MODEL_LOAD_FAILED, ErrorCode.VALIDATION_FAILED, ErrorCode.CONTRACT_CHANGED), 6),
     ((ErrorCode.CONFIG_INVALID,), 7),
@@ -159,6 +160,7 @@ _CLASS_FOR_CODE: dict[ErrorCode, type[EdgedError]] = {
     ErrorCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     ErrorCode.UNKNOWN_MODEL: NotFoundError,
     ErrorCode.UNKNOWN_VERSION: NotFoundError,
+    ErrorCode.UNKNOWN_REQUEST: NotFoundError,
     ErrorCode.SHUTTING_DOWN: RetryableError,
     ErrorCode.INVALID_STATE: RetryableError,
     ErrorCode.MODEL_LOAD_FAILED: ModelError,

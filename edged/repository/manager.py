@@ -41,7 +41,7 @@ import numpy as np
 
 from edged.config import Config, ModelPolicy
 from edged.errors import EdgedError, ErrorCode, ModelError, NotFoundError, RetryableError
-from edged.repository import check, layout
+from edged.repository import check, health, layout, manifest
 from edged.repository.state import Probation, StateStore
 from edged.runtime.backends import Backend
 from edged.runtime.delegates import EDGETPU_MODEL, DelegateUnavailable
@@ -75,6 +75,8 @@ class ProbationTracker:
     judged: int = 0
     nonfinite: int = 0
     latencies: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
+    #: The previous version's accuracy (live from feedback, else its manifest's), or None.
+    baseline_accuracy: float | None = None
 
     def record(self, ok: bool, nonfinite: bool | None, invoke_us: int | None) -> None:
         """``nonfinite`` None: the caller's inputs were not finite, so the outputs say nothing of the model."""
@@ -86,9 +88,21 @@ class ProbationTracker:
         if invoke_us is not None:
             self.latencies.append(invoke_us)
 
-    def verdict(self, now: float) -> tuple[str, str]:
-        """("rollback", why) | ("commit", why) | ("wait", "")."""
+    def verdict(self, now: float, accuracy: tuple[float | None, int] = (None, 0)) -> tuple[str, str]:
+        """("rollback", why) | ("commit", why) | ("wait", "").
+
+        ``accuracy`` is this version's live accuracy from feedback and the number
+        of reports behind it; it judges only past ``min_feedback`` reports and only
+        against a known baseline.
+        """
         p = self.policy.probation
+        live, reports = accuracy
+        if live is not None and self.baseline_accuracy is not None and reports >= max(1, p.min_feedback):
+            drop = self.baseline_accuracy - live
+            if drop > p.max_accuracy_drop:
+                return "rollback", (f"live accuracy {live:.1%} over {reports} feedback reports is "
+                                    f"{drop * 100:.1f} points under the previous version's "
+                                    f"{self.baseline_accuracy:.1%} (limit {p.max_accuracy_drop * 100:.1f})")
         n = self.requests
         # Judge rates only on a minimum sample, so one unlucky request cannot roll back.
         min_samples = max(1, min(p.requests, 20)) if p.requests else 20
@@ -155,6 +169,7 @@ class ModelManager:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards probation trackers (workers record, main loop judges)
         self.rescan_at: float | None = None  # monotonic time when an unsettled version should be looked at again
+        self.health = health.HealthBook(config.health)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -248,7 +263,8 @@ class ModelManager:
         if st.probation is not None and st.probation.version == m.version:
             prob = st.probation
             baseline = prob.baseline_p95_us if prob.baseline_variant == m.spec.variant else None
-            slot.probation = ProbationTracker(m.version, self.clock.monotonic(), policy, baseline)
+            slot.probation = ProbationTracker(m.version, self.clock.monotonic(), policy, baseline,
+                                              baseline_accuracy=self._accuracy_baseline(name, prob.previous))
         elif st.committed != m.version:
             # First sight of this model (or the committed version would not load): adopt what serves.
             self.state.update(name, committed=m.version, probation=None)
@@ -506,10 +522,12 @@ class ModelManager:
             slot.rejected[version] = (fingerprint, exc.message)
             raise
         keep = policy.keep_previous and self._can_keep(previous)  # a psutil read: not under the lock
+        accuracy_baseline = self._accuracy_baseline(name, st.committed or (previous.version if previous else None))
         with self._lock:
             # Latency is compared like with like: a lite previous says nothing about a full candidate.
             slot.probation = ProbationTracker(version, self.clock.monotonic(), policy,
-                                              baseline if baseline_variant == new.spec.variant else None)
+                                              baseline if baseline_variant == new.spec.variant else None,
+                                              baseline_accuracy=accuracy_baseline)
             slot.serving = new  # from here new requests get the new version; queued ones keep the old
             slot.previous = previous if keep else None
         slot.errors.pop(version, None)
@@ -659,21 +677,49 @@ class ModelManager:
     # -- probation ------------------------------------------------------------------------------
 
     def record(self, model: LoadedModel, ok: bool, outputs: list[np.ndarray] | None, invoke_us: int | None,
-               inputs: list[np.ndarray] | None = None) -> None:
-        """Called by workers after each request on ``model``; cheap unless it is on probation.
+               inputs: list[np.ndarray] | None = None, *, request_id: str | None = None,
+               latency_us: int | None = None) -> None:
+        """Called by workers after each request on ``model``: health signals, and probation if on it.
 
         Non-finite outputs count against the model only when every input was finite:
         a caller that sends NaN gets NaN back, and that says nothing of the new version.
         """
+        nonfinite: bool | None = bool(outputs) and any(not _finite(o) for o in outputs)
+        if nonfinite and inputs is not None and not all(_finite(x) for x in inputs):
+            nonfinite = None
+        guess = health.top1(model.scores(outputs)) if ok and outputs and nonfinite is False else None
+        self.health.record(model.name, model.version, ok=ok, nonfinite=bool(nonfinite),
+                           latency_us=latency_us if latency_us is not None else invoke_us,
+                           request_id=request_id, top1=guess, labels=model.labels)
         slot = self.slots.get(model.name)
         tracker = slot.probation if slot is not None else None
         if tracker is None or tracker.version != model.version:
             return
-        nonfinite: bool | None = bool(outputs) and any(not _finite(o) for o in outputs)
-        if nonfinite and inputs is not None and not all(_finite(x) for x in inputs):
-            nonfinite = None
         with self._lock:
             tracker.record(ok, nonfinite, invoke_us)
+
+    def _accuracy_baseline(self, name: str, version: str | None) -> float | None:
+        """What a new version's live accuracy is held to: ``version``'s own, else its manifest's."""
+        if version is None:
+            return None
+        live, reports = self.health.accuracy(name, version)
+        if live is not None and reports >= max(1, self.config.repository.policy_for(name).probation.min_feedback):
+            return live
+        try:
+            acc = manifest.load_manifest(layout.version_dir(self.root, name, version)).accuracy
+        except (EdgedError, OSError, ValueError):  # ManifestError is a ValueError; no manifest: no baseline
+            return None
+        value = acc.get("value") if acc else None
+        return float(value) if isinstance(value, (int, float)) and 0.0 <= value <= 1.0 else None
+
+    def feedback(self, request_id: str, *, model: str | None = None, label: str | int | None = None,
+                 correct: bool | None = None) -> dict[str, Any]:
+        """An application's verdict on an earlier prediction (see :mod:`edged.repository.health`)."""
+        if model is not None:
+            self.slot(model)  # UNKNOWN_MODEL, listing the names, before "unknown request"
+        result = self.health.feedback(model, request_id, label=label, correct=correct)
+        live, reports = self.health.accuracy(result["model"], result["version"])
+        return {**result, "accuracy": None if live is None else round(live, 4), "feedback": reports}
 
     def check_probation(self, now: float) -> None:
         """Judge every version on probation (main loop tick)."""
@@ -681,8 +727,9 @@ class ModelManager:
             tracker = slot.probation
             if tracker is None:
                 continue
+            accuracy = self.health.accuracy(slot.name, tracker.version)
             with self._lock:
-                verdict, why = tracker.verdict(now)
+                verdict, why = tracker.verdict(now, accuracy)
             if verdict == "commit":
                 slot.probation = None
                 st = self.state.get(slot.name)

@@ -258,17 +258,26 @@ class LoadedModel:
         self.recent_invoke_us.append(int(invoke_us))
         return RunResult(outputs, int(invoke_us), cpu_s)
 
-    def top_k(self, outputs: Sequence[np.ndarray], k: int) -> list[dict[str, Any]] | None:
-        """Top-k of the first output for a classifier ([1, N] or [N]); scores dequantized, non-finite ones None."""
-        if k <= 0 or not outputs:
+    def scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray | None:
+        """The first output as a classifier's dequantized float64 scores, or None if it is not one."""
+        if not outputs:
             return None
-        scores = np.asarray(outputs[0]).reshape(-1) if np.asarray(outputs[0]).ndim <= 2 else None
-        if scores is None or (np.asarray(outputs[0]).ndim == 2 and outputs[0].shape[0] != 1):
+        out = np.asarray(outputs[0])
+        if out.ndim > 2 or (out.ndim == 2 and out.shape[0] != 1):
             return None
         spec = self.outputs[0]
-        values = scores.astype(np.float64)
+        values = out.reshape(-1).astype(np.float64)
         if spec.dtype.kind in "iu" and spec.scale:
             values = (values - spec.zero_point) * spec.scale
+        return values
+
+    def top_k(self, outputs: Sequence[np.ndarray], k: int) -> list[dict[str, Any]] | None:
+        """Top-k of the first output for a classifier ([1, N] or [N]); scores dequantized, non-finite ones None."""
+        if k <= 0:
+            return None
+        values = self.scores(outputs)
+        if values is None:
+            return None
         order = np.argsort(-values, kind="stable")[:k]
         labels = self.labels or []
         # A NaN or infinite score has no JSON form: it is sent as null (NaN ranks last).

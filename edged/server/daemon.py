@@ -11,8 +11,10 @@ exactly the code of ``edged ctl quit`` and SIGHUP that of ``edged ctl reload``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -103,6 +105,9 @@ class Daemon:
         self.updater: Any = None  # edged.update.service.UpdateService when [update] url is set
         self.watchdog_gate: WatchdogGate | None = None
         self.events_sock: zmq.Socket | None = None
+        # Reply ids for feedback: random per daemon start, so an id never matches across restarts.
+        self._request_prefix = secrets.token_hex(4)
+        self._request_seq = itertools.count(1)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -586,9 +591,13 @@ class Daemon:
         result = model.run(ordered)
         self.busy_since[worker_id] = None
         self.power.record(worker_id, started, result.invoke_us / 1e6)
-        self.models.record(model, True, result.outputs, result.invoke_us, inputs=ordered)
+        # A daemon-unique id an application quotes in a later ``feedback`` (clients' own
+        # ids may collide across clients); itertools.count's next() is atomic under the GIL.
+        request_id = f"{self._request_prefix}-{next(self._request_seq)}"
+        self.models.record(model, True, result.outputs, result.invoke_us, inputs=ordered, request_id=request_id)
         outputs = [protocol.as_wire_array(o) for o in result.outputs]
         header: dict[str, Any] = {
+            "request_id": request_id,
             "model": model.name, "version": model.version, "variant": model.spec.variant,
             "delegate": model.delegate, "runtime": self.backend.describe(), "profile": self.profile,
             "outputs": [protocol.tensor_meta(o, spec.name) for o, spec in zip(outputs, model.outputs)],
@@ -604,7 +613,9 @@ class Daemon:
     # -- queries -----------------------------------------------------------------------------
 
     def stats_snapshot(self) -> dict[str, Any]:
-        return self.stats.snapshot()
+        snap = self.stats.snapshot()
+        snap["health"] = self.models.health.snapshot_all()
+        return snap
 
     def longest_invoke(self) -> float:
         now = self.clock.monotonic()

@@ -312,7 +312,31 @@ def prometheus_text(snapshot: Mapping[str, Any]) -> str:
         w.sample(f"{name}_sum", labels, float(lat.get("sum", 0) or 0) / 1_000_000)
         w.sample(f"{name}_count", labels, cumulative)
 
+    # Health signals over each version's window (edged.repository.health); gauges, since
+    # they are ratios over the last N requests, not running totals.
+    health: Mapping[str, Mapping[str, Mapping[str, Any]]] = snapshot.get("health") or {}
+    for key, name, help_text in _HEALTH_GAUGES:
+        w.family(name, "gauge", help_text)
+        for model, versions in sorted(health.items()):
+            for version, h in sorted(versions.items()):
+                if h.get(key) is not None:
+                    w.sample(name, {"model": model, "version": version}, float(h[key]))
+    w.family("edged_feedback_total", "counter", "Feedback reports matched to a prediction of this version.")
+    for model, versions in sorted(health.items()):
+        for version, h in sorted(versions.items()):
+            w.sample("edged_feedback_total", {"model": model, "version": version}, int(h.get("feedback_total", 0)))
+
     return "\n".join(w.lines) + "\n"
+
+
+_HEALTH_GAUGES = (
+    ("error_rate", "edged_window_error_rate", "Share of the version's last requests that failed in the model."),
+    ("nonfinite_rate", "edged_window_nonfinite_rate", "Share of the version's last requests with NaN/Inf outputs."),
+    ("low_confidence_share", "edged_window_low_confidence_share",
+     "Share of the version's last classifier answers with top-1 probability under health.low_confidence."),
+    ("p95_ms", "edged_window_latency_p95_ms", "p95 invoke latency over the version's window, in milliseconds."),
+    ("accuracy", "edged_live_accuracy", "Live accuracy from application feedback over the version's window."),
+)
 
 
 # -- optional HTTP endpoint --------------------------------------------------------------------

@@ -34,13 +34,6 @@ def config(tmp_path: Path, **probation) -> Path:
     return p
 
 
-@pytest.fixture
-def mrepo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    publish(repo, "v1", tb.random_classifier(seed=1), tmp=tmp_path)
-    return repo
-
-
 def local(repo: Path, version: str, name: str = "m") -> LoadedModel:
     backend = select_backend(os.environ.get("EDGED_RUNTIME", "auto"))
     return LoadedModel.load(LoadSpec(name, version, repo / name / version, backend, workers=1))

@@ -10,12 +10,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from edged.server.commands import (
-    health, info, pin, power, predict, quit, reload, rollback, stats, status, swap, unmark, unpin, update_check,
-    update_status, versions,
+    feedback, health, info, pin, power, predict, quit, reload, rollback, stats, status, swap, unmark, unpin,
+    update_check, update_status, versions,
 )
 
 REGISTRY: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (predict, info, health, stats, status, reload, quit, versions, swap, rollback, pin, unpin, unmark,
-              power, update_status, update_check)
+    for m in (predict, feedback, info, health, stats, status, reload, quit, versions, swap, rollback, pin, unpin,
+              unmark, power, update_status, update_check)
 }

@@ -173,10 +173,20 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if data["status"] == "ok" else 1
 
 
+def _parallelism_text(p: dict[str, Any] | None) -> list[str]:
+    if not p:
+        return []  # an older daemon
+    solo = f"alone: {p['solo_threads']} threads" if p["solo_threads"] else "no solo interpreter"
+    how = ", ".join(f"{k} {v}" for k, v in p.get("chosen", {}).items())
+    return [f"parallelism {p['workers']} workers x {p['num_threads'] or 'auto'} thread(s), {solo}  "
+            f"({how}; {p.get('cores')} cores, {p.get('memory_mb')} MB)"]
+
+
 def _status_text(d: dict[str, Any]) -> str:
     lines = [f"edged {d['edged']}  pid {d['pid']}  {d['state']}  health={d['health']}  up {d['uptime_s']:.0f}s",
              f"runtime {d['runtime']}  profile {d['profile']}  queue {d['queue_depth']}  "
              f"workers {d['workers']['busy']}/{d['workers']['total']} busy",
+             *_parallelism_text(d.get("parallelism")),
              f"predict {d['endpoints']['predict']}  control {d['endpoints']['control']}",
              f"repository {d['repository']}"]
     for m in d["models"]:

@@ -69,7 +69,8 @@ class ServerConfig:
     events_endpoint: str = ""
     #: Allow TCP endpoints on non-loopback addresses (off: edged is a local service until CURVE lands).
     allow_remote: bool = False
-    workers: int = 2
+    #: Worker threads, each running one request at a time; 0 = auto (see :func:`derive_parallelism`).
+    workers: int = 0
     queue_size: int = 64
     grace_period_s: float = 10.0
     tick_s: float = 1.0
@@ -93,8 +94,11 @@ class RuntimeConfig:
     delegate: Delegate = "auto"
     edgetpu_device: str = ""
     edgetpu_library: str = "libedgetpu.so.1"
-    #: Threads per interpreter; 0 = let the runtime decide.
+    #: Threads per interpreter when requests run side by side; 0 = let the runtime decide.
     num_threads: int = 1
+    #: Threads of one more interpreter per model, used by a request that runs alone
+    #: (nothing queued, no other worker busy); 0 = auto (the usable cores), 1 = none.
+    solo_threads: int = 0
 
 
 @dataclass
@@ -225,6 +229,8 @@ class Config:
     power: dict[str, Any] = field(default_factory=dict)
     frigate: FrigateConfig = field(default_factory=FrigateConfig)
     source: str = "defaults"
+    #: How the parallelism settings were chosen: the machine, and "auto"/"config" per key.
+    parallelism: dict[str, Any] = field(default_factory=dict)
 
     @property
     def models_path(self) -> Path:
@@ -252,7 +258,7 @@ class Config:
 
 
 _POSITIVE = {
-    "server.workers", "server.queue_size", "server.tick_s", "server.max_message_bytes",
+    "server.queue_size", "server.tick_s", "server.max_message_bytes",
     "server.max_header_bytes", "server.max_image_bytes", "server.max_image_pixels",
     "server.stuck_invoke_s", "repository.validation_timeout_s", "probation.tries", "frigate.budget_ms",
     "update.interval_s", "update.timeout_s", "update.max_download_mb",
@@ -264,7 +270,7 @@ _FRACTION = {
     "probation.max_accuracy_drop",
 }
 _NON_NEGATIVE = {
-    "server.grace_period_s", "runtime.num_threads", "repository.settle_s", "probation.seconds",
+    "server.workers", "server.grace_period_s", "runtime.num_threads", "runtime.solo_threads", "repository.settle_s", "probation.seconds",
     "probation.requests", "probation.max_error_rate", "probation.max_nonfinite_rate", "probation.max_p95_ratio",
     "probation.min_p95_delta_ms", "update.max_rate_kbps", "update.retries", "probation.min_feedback",
 }
@@ -495,4 +501,54 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
         source=source,
     )
     _validate(config)
+    derive_parallelism(config, *machine())
     return config
+
+
+#: Upper bounds of the automatic choices: past them more threads mostly add memory and contention.
+MAX_AUTO_WORKERS = 8
+MAX_AUTO_SOLO_THREADS = 8
+#: Memory per automatic worker: a worker holds one interpreter per model (4-8 MB for a
+#: MobileNet-class model), and a small board must keep room for a swap's second version.
+MEMORY_PER_AUTO_WORKER = 128 * 2**20
+
+
+def machine() -> tuple[int, int | None]:
+    """(usable cores, total memory in bytes or None): the facts the automatic defaults use.
+
+    Cores are those this process may run on (``sched_getaffinity``: a cpuset or
+    ``taskset`` narrows them), not every core of the board.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        memory: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        memory = None
+    return max(1, cores), memory
+
+
+def derive_parallelism(config: Config, cores: int, memory: int | None) -> None:
+    """Fill in ``server.workers`` and ``runtime.solo_threads`` left at 0 (auto) from the machine.
+
+    * workers: one per core (at most :data:`MAX_AUTO_WORKERS`, and one per
+      :data:`MEMORY_PER_AUTO_WORKER` of memory), so queued requests run side by
+      side with ``runtime.num_threads`` threads each;
+    * solo_threads: the cores (at most :data:`MAX_AUTO_SOLO_THREADS`), so a request
+      that runs alone uses all of them; 1 (no extra interpreter) on one core.
+
+    An explicit value always wins.  ``config.parallelism`` records the machine and,
+    per key, whether the value is ``auto`` or from the ``config``.
+    """
+    server, runtime = config.server, config.runtime
+    how = {"server.workers": "config", "runtime.solo_threads": "config"}
+    if server.workers == 0:
+        by_memory = MAX_AUTO_WORKERS if memory is None else max(1, memory // MEMORY_PER_AUTO_WORKER)
+        server.workers = max(1, min(cores, MAX_AUTO_WORKERS, by_memory))
+        how["server.workers"] = "auto"
+    if runtime.solo_threads == 0:
+        runtime.solo_threads = min(cores, MAX_AUTO_SOLO_THREADS)
+        how["runtime.solo_threads"] = "auto"
+    config.parallelism = {"cores": cores, "memory_mb": None if memory is None else memory // 2**20, "chosen": how}

@@ -184,6 +184,8 @@ class ModelManager:
         return LoadSpec(
             name=name, version=version, path=path, backend=self.backend, delegate=rt.delegate,
             workers=self.config.server.workers, num_threads=self.num_threads or rt.num_threads,
+            # A profile's num_threads caps the solo interpreter too (none once it is 1).
+            solo_threads=min(rt.solo_threads, self.num_threads) if self.num_threads else rt.solo_threads,
             variant=variant,
             edgetpu_device=rt.edgetpu_device, edgetpu_library=rt.edgetpu_library,
             preprocessing=(manifest or {}).get("preprocessing"), labels=layout.read_labels(path), manifest=manifest,

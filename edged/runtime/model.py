@@ -1,7 +1,10 @@
 """One model version loaded into a pool of interpreters.
 
 A :class:`LoadedModel` owns ``workers`` interpreters built from the same model
-bytes.  There is no explicit close: a version is released when the last
+bytes with ``num_threads`` threads each, and optionally one *solo* interpreter with
+``solo_threads`` threads for a request that runs alone (the daemon decides; see
+:meth:`LoadedModel.run`): one client gets every core, many clients get one
+interpreter each.  There is no explicit close: a version is released when the last
 reference goes (the slot moved on and in-flight requests finished), so a swap
 never has to wait for, or cut off, a request running on the old version.  An interpreter is not thread-safe, so each call to :meth:`run` takes one
 from the pool for the duration of set/invoke/get; ``invoke()`` releases the GIL,
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +65,8 @@ class RunResult:
     outputs: list[np.ndarray]
     invoke_us: int
     cpu_s: float
+    #: Interpreter threads this run had (``num_threads``, or ``solo_threads`` when it ran solo).
+    threads: int = 1
 
 
 @dataclass
@@ -74,6 +80,8 @@ class LoadSpec:
     delegate: str = "auto"
     workers: int = 1
     num_threads: int = 1
+    #: Threads of the solo interpreter; none is built unless it exceeds ``num_threads``.
+    solo_threads: int = 0
     variant: str = "full"  # "full" | "lite"
     edgetpu_device: str = ""
     edgetpu_library: str = "libedgetpu.so.1"
@@ -97,7 +105,7 @@ class LoadedModel:
     """A version ready to serve.  Build with :meth:`load`; dropped when unreferenced."""
 
     def __init__(self, spec: LoadSpec, plan: delegates_mod.DelegatePlan, content: bytes,
-                 interpreters: list[Any]) -> None:
+                 interpreters: list[Any], solo: Any = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.version = spec.version
@@ -114,6 +122,10 @@ class LoadedModel:
         for interp in interpreters:
             self._pool.put(interp)
         self.pool_size = len(interpreters)
+        self._solo = solo
+        self._solo_lock = threading.Lock()
+        #: Threads of the solo interpreter, 0 when there is none.
+        self.solo_threads = spec.solo_threads if solo is not None else 0
         self.preprocessing = Preprocessing.from_manifest(spec.preprocessing)
         self.labels = spec.labels
         # Recent invoke() times: the baseline a successor's probation is compared with.
@@ -150,7 +162,12 @@ class LoadedModel:
                     if i and pause is not None:
                         pause()
                     interpreters.append(cls._build(spec, plan, content))
-                model = cls(spec, plan, content, interpreters)
+                solo = None
+                if cls.wants_solo(spec, plan):
+                    if pause is not None:
+                        pause()
+                    solo = cls._build(spec, plan, content, spec.solo_threads)
+                model = cls(spec, plan, content, interpreters, solo)
                 model.warm(pause)
                 break
             except ModelError:
@@ -166,10 +183,20 @@ class LoadedModel:
         return model
 
     @staticmethod
-    def _build(spec: LoadSpec, plan: delegates_mod.DelegatePlan, content: bytes) -> Any:
+    def wants_solo(spec: LoadSpec, plan: delegates_mod.DelegatePlan) -> bool:
+        """A solo interpreter only helps on the CPU, with more threads than the pool's.
+
+        An Edge TPU runs the model itself (and its delegate is opened once), and
+        ``num_threads = 0`` already lets the runtime take every core.
+        """
+        return plan.name != "edgetpu" and spec.num_threads > 0 and spec.solo_threads > spec.num_threads
+
+    @staticmethod
+    def _build(spec: LoadSpec, plan: delegates_mod.DelegatePlan, content: bytes, threads: int | None = None) -> Any:
         kwargs = plan.interpreter_kwargs()
-        if spec.num_threads > 0:
-            kwargs["num_threads"] = spec.num_threads
+        threads = spec.num_threads if threads is None else threads
+        if threads > 0:
+            kwargs["num_threads"] = threads
         interp = spec.backend.interpreter_cls(model_content=content, **kwargs)
         interp.allocate_tensors()
         return interp
@@ -179,7 +206,7 @@ class LoadedModel:
         zeros = [np.zeros(t.shape, t.dtype) for t in self.inputs]
         held = [self._pool.get() for _ in range(self.pool_size)]
         try:
-            for interp in held:
+            for interp in held + ([self._solo] if self._solo is not None else []):
                 if pause is not None:
                     pause()
                 for spec, arr in zip(self.inputs, zeros):
@@ -201,6 +228,7 @@ class LoadedModel:
             "model": self.name, "version": self.version, "delegate": self.delegate,
             "runtime": self.spec.backend.describe(), "variant": self.spec.variant,
             "file": self.model_file.name, "size": self.size, "workers": self.pool_size,
+            "num_threads": self.spec.num_threads, "solo_threads": self.solo_threads,
             "inputs": [t.describe() for t in self.inputs], "outputs": [t.describe() for t in self.outputs],
             "labels": len(self.labels) if self.labels else 0,
         }
@@ -240,9 +268,16 @@ class LoadedModel:
         return decode_image(data, spec.shape, spec.dtype, (spec.scale, spec.zero_point), self.preprocessing,
                             max_pixels=max_pixels)
 
-    def run(self, inputs: Sequence[np.ndarray]) -> RunResult:
-        """Run one inference on already-arranged inputs; thread-safe."""
-        interp = self._pool.get()
+    def run(self, inputs: Sequence[np.ndarray], alone: bool = False) -> RunResult:
+        """Run one inference on already-arranged inputs; thread-safe.
+
+        ``alone``: the caller knows no other request is running or waiting, so the
+        solo interpreter (all cores) is used if there is one and it is free; else
+        one from the pool.  The solo interpreter is only ever tried, never waited
+        for: a request that races another for it runs on the pool at once.
+        """
+        solo = alone and self._solo is not None and self._solo_lock.acquire(blocking=False)
+        interp = self._solo if solo else self._pool.get()
         try:
             for spec, arr in zip(self.inputs, inputs):
                 interp.set_tensor(spec.index, arr)
@@ -254,9 +289,12 @@ class LoadedModel:
             # get_tensor returns a copy, so nothing aliases the interpreter once it is back in the pool.
             outputs = [interp.get_tensor(spec.index) for spec in self.outputs]
         finally:
-            self._pool.put(interp)
+            if solo:
+                self._solo_lock.release()
+            else:
+                self._pool.put(interp)
         self.recent_invoke_us.append(int(invoke_us))
-        return RunResult(outputs, int(invoke_us), cpu_s)
+        return RunResult(outputs, int(invoke_us), cpu_s, self.solo_threads if solo else self.spec.num_threads)
 
     def scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray | None:
         """The first output as a classifier's dequantized float64 scores, or None if it is not one."""

@@ -116,8 +116,9 @@ class Daemon:
         cfg = self.config
         t0 = time.monotonic()
         self.backend = select_backend(cfg.runtime.backend)
-        log.info("edged %s starting: runtime %s, delegate %s, %d workers, config %s", edged.__version__,
-                 self.backend.describe(), cfg.runtime.delegate, cfg.server.workers, cfg.source)
+        log.info("edged %s starting: runtime %s, delegate %s, config %s", edged.__version__,
+                 self.backend.describe(), cfg.runtime.delegate, cfg.source)
+        log.info("parallelism: %s", describe_parallelism(self.parallelism()))
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -588,7 +589,7 @@ class Daemon:
         ordered = model.arrange(names, arrays)
         self.power.pace(worker_id, job.priority, job.deadline, job.wait)
         started = self.busy_since[worker_id] = self.clock.monotonic()
-        result = model.run(ordered)
+        result = model.run(ordered, alone=self._may_run_solo(model))
         self.busy_since[worker_id] = None
         self.power.record(worker_id, started, result.invoke_us / 1e6)
         # A daemon-unique id an application quotes in a later ``feedback`` (clients' own
@@ -600,6 +601,7 @@ class Daemon:
             "request_id": request_id,
             "model": model.name, "version": model.version, "variant": model.spec.variant,
             "delegate": model.delegate, "runtime": self.backend.describe(), "profile": self.profile,
+            "threads": result.threads,
             "outputs": [protocol.tensor_meta(o, spec.name) for o, spec in zip(outputs, model.outputs)],
         }
         if job.top_k:
@@ -610,12 +612,30 @@ class Daemon:
         self.stats.observe(model.name, model.version, latency_us=header["timing"]["total_us"], cpu_s=result.cpu_s)
         return header, outputs
 
+    def _may_run_solo(self, model: Any) -> bool:
+        """Whether this request may take the solo interpreter (every core) of ``model``.
+
+        Only when nothing else runs or waits: asked right before invoke(), so a request
+        that arrived meanwhile sends this one to the pool.  A power profile's
+        ``num_threads`` below the solo thread count forbids it at once, before the
+        next load rebuilds the interpreters within the cap.
+        """
+        cap = self.models.num_threads
+        return model.solo_threads > 0 and (cap is None or cap >= model.solo_threads) and self.scheduler.alone()
+
     # -- queries -----------------------------------------------------------------------------
 
     def stats_snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap["health"] = self.models.health.snapshot_all()
         return snap
+
+    def parallelism(self) -> dict[str, Any]:
+        """The chosen parallelism, how it was chosen, and the machine it was derived from."""
+        cfg, chosen = self.config, self.config.parallelism
+        return {"workers": cfg.server.workers, "num_threads": cfg.runtime.num_threads,
+                "solo_threads": cfg.runtime.solo_threads if cfg.runtime.solo_threads > cfg.runtime.num_threads > 0 else 0,
+                "cores": chosen.get("cores"), "memory_mb": chosen.get("memory_mb"), "chosen": chosen.get("chosen", {})}
 
     def longest_invoke(self) -> float:
         now = self.clock.monotonic()
@@ -662,6 +682,7 @@ class Daemon:
             "models": self.models.describe(), "queue_depth": self.scheduler.depth(), "queue_size": self.scheduler.queue_size,
             "workers": {"total": self.workers.count, "alive": self.workers.alive(), "busy": self.scheduler.active,
                         "restarts": self.workers.restarts},
+            "parallelism": self.parallelism(),
             "health": self.health()["status"],
             "power": {"profile": self.profile, "reason": self.power.decision.reason if self.power.decision else None},
         }
@@ -719,6 +740,16 @@ def _event_topic(kind: Any) -> str:
     if isinstance(kind, str) and kind.startswith(("update-", "download-")):
         return "update"
     return "model"
+
+
+def describe_parallelism(p: dict[str, Any]) -> str:
+    """One line for the log and ``edged ctl status``: what runs in parallel, and why."""
+    threads = "runtime's choice of" if p["num_threads"] == 0 else str(p["num_threads"])
+    solo = (f"a request running alone gets {p['solo_threads']} threads" if p["solo_threads"]
+            else "no solo interpreter")
+    how = ", ".join(f"{k} {v}" for k, v in p.get("chosen", {}).items())
+    machine = f"{p['cores']} cores" + (f", {p['memory_mb']} MB" if p.get("memory_mb") else "") if p.get("cores") else ""
+    return f"{p['workers']} workers x {threads} thread(s); {solo}" + (f" ({how}; machine: {machine})" if how else "")
 
 
 def _ipc_alive(ctx: zmq.Context, endpoint: str) -> bool:

@@ -82,6 +82,11 @@ class Scheduler:
             if self.max_active is not None and any(self._queues.values()):
                 self._cond.notify_all()
 
+    def alone(self) -> bool:
+        """True while at most one job is taken and none waits: that one may use every core."""
+        with self._cond:
+            return self.active <= 1 and not any(self._queues.values())
+
     def set_max_active(self, value: int | None) -> None:
         with self._cond:
             self.max_active = value

@@ -19,7 +19,7 @@ def test_defaults_need_no_file(monkeypatch):
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", Path("/nonexistent/edged.toml"))
     cfg = config.load()
     assert cfg.source == "defaults"
-    assert cfg.server.workers == 2 and cfg.runtime.backend == "auto" and cfg.runtime.delegate == "auto"
+    assert cfg.server.workers >= 1 and cfg.runtime.backend == "auto" and cfg.runtime.delegate == "auto"
     assert cfg.repository.activation == "auto" and cfg.repository.probation.tries == 1
 
 
@@ -33,7 +33,7 @@ def test_file_then_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("text", "key", "value"),
     [
-        ('[server]\nworkers = 0\n', "server.workers", "0"),
+        ('[server]\nworkers = -1\n', "server.workers", "-1"),
         ('[server]\nworkers = "two"\n', "server.workers", "'two'"),
         ('[runtime]\ndelegate = "gpu"\n', "runtime.delegate", "'gpu'"),
         ('[runtime]\nbackend = "onnx"\n', "runtime.backend", "'onnx'"),

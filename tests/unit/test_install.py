@@ -144,7 +144,9 @@ def test_config_example_is_valid_toml_with_default_values() -> None:
     from edged import config
 
     loaded = config.load(ROOT / "systemd/edged.toml.example")
-    assert loaded.server == config.ServerConfig()
+    defaults = config.Config()
+    config.derive_parallelism(defaults, *config.machine())
+    assert loaded.server == defaults.server and loaded.runtime == defaults.runtime
 
 
 def test_install_with_real_pip(tmp_path: Path) -> None:

@@ -153,7 +153,8 @@ def test_live_loads_are_paced_on_the_clock_and_boot_loads_are_not(tmp_path: Path
     vdir = tmp_path / "m" / "v1"
     vdir.mkdir(parents=True)
     (vdir / "model.tflite").write_bytes(tb.random_classifier(seed=1))
-    cfg = config_mod.load(None, {"repository.path": str(tmp_path), "server.workers": 2})
+    cfg = config_mod.load(None, {"repository.path": str(tmp_path), "server.workers": 2,
+                                        "runtime.solo_threads": 1})  # no solo interpreter: 2 builds
     clock = FakeClock()
     mgr = ModelManager(cfg, backend=backend, clock=clock)
     t0 = clock.monotonic()

@@ -1,0 +1,35 @@
+"""Parallelism by load with a real daemon: a lone request gets the solo interpreter, a power cap forbids it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edged.testing import tflite_build as tb
+from tests.e2e.repohelpers import publish
+from tests.e2e.test_repository import DARK
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_a_lone_request_runs_solo_until_a_profile_caps_the_threads(daemon_factory, tmp_path):
+    repo = tmp_path / "repo"
+    publish(repo, "v1", tb.random_classifier(seed=1), tmp=tmp_path)
+    # Explicit values, so the test does not depend on the cores of the machine running it.
+    d = daemon_factory(repo, "--workers", "2", "--set", "runtime.solo_threads=2")
+    r = d.cli("ctl", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    par = json.loads(r.stdout)["parallelism"]
+    assert (par["workers"], par["num_threads"], par["solo_threads"]) == (2, 1, 2)
+    assert par["chosen"] == {"server.workers": "config", "runtime.solo_threads": "config"} and par["cores"] >= 1
+    assert "alone: 2 threads" in d.cli("ctl", "status").stdout
+    assert "parallelism: 2 workers x 1 thread(s); a request running alone gets 2 threads" in d.log()
+    with d.client() as c:
+        # Sequential requests: each is alone in the daemon, so each runs on every thread.
+        assert {c.predict(DARK).header["threads"] for _ in range(3)} == {2}
+        # powersave caps num_threads at 1: at once, before any interpreter is rebuilt.
+        assert d.cli("ctl", "power", "--profile", "powersave", "--for", "10m").returncode == 0
+        assert c.predict(DARK).header["threads"] == 1
+        assert d.cli("ctl", "power", "--auto").returncode == 0
+        assert c.predict(DARK).header["threads"] == 2

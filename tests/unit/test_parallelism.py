@@ -1,0 +1,102 @@
+"""Parallelism by load: defaults from the machine, the solo interpreter, and when a request is alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edged import config
+from edged.runtime.model import LoadedModel, LoadSpec
+from edged.server.scheduler import Scheduler
+from edged.testing import tflite_build as tb
+
+GB = 2**30
+
+
+def derived(cores: int, memory: int | None, **overrides) -> config.Config:
+    cfg = config.Config()
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        setattr(getattr(cfg, section), key, value)
+    config.derive_parallelism(cfg, cores, memory)
+    return cfg
+
+
+@pytest.mark.parametrize(("cores", "memory", "workers", "solo"), [
+    (1, 1 * GB, 1, 1),      # one core: one worker, no solo interpreter (solo_threads 1 = none)
+    (2, 1 * GB, 2, 2),
+    (4, 8 * GB, 4, 4),
+    (4, 256 * 2**20, 2, 4),  # a small board: one worker per 128 MB
+    (64, None, config.MAX_AUTO_WORKERS, config.MAX_AUTO_SOLO_THREADS),
+])
+def test_auto_parallelism_follows_the_machine(cores, memory, workers, solo):
+    cfg = derived(cores, memory)
+    assert (cfg.server.workers, cfg.runtime.solo_threads) == (workers, solo)
+    assert cfg.parallelism["chosen"] == {"server.workers": "auto", "runtime.solo_threads": "auto"}
+    assert cfg.parallelism["cores"] == cores
+
+
+def test_explicit_parallelism_wins_over_the_machine():
+    cfg = derived(8, 16 * GB, server__workers=3, runtime__solo_threads=1)
+    assert (cfg.server.workers, cfg.runtime.solo_threads) == (3, 1)
+    assert cfg.parallelism["chosen"] == {"server.workers": "config", "runtime.solo_threads": "config"}
+
+
+def test_load_derives_and_rejects_negative_values(tmp_path):
+    p = tmp_path / "edged.toml"
+    p.write_text("[server]\nworkers = 0\n[runtime]\nsolo_threads = 3\n")
+    cfg = config.load(p)
+    assert cfg.server.workers >= 1 and cfg.runtime.solo_threads == 3
+    p.write_text("[runtime]\nsolo_threads = -1\n")
+    with pytest.raises(config.ConfigError, match="runtime.solo_threads"):
+        config.load(p)
+
+
+def test_alone_means_one_job_taken_and_none_waiting():
+    s = Scheduler(queue_size=10)
+    assert s.alone()
+    s.submit("a")
+    assert not s.alone()  # queued, not yet taken
+    assert s.get(0) == "a"
+    assert s.alone()  # the one running job is alone
+    s.submit("b")
+    assert not s.alone()
+    assert s.get(1) == "b"
+    assert not s.alone()  # two running side by side
+    s.done()
+    assert s.alone()
+
+
+def version(tmp_path: Path) -> Path:
+    d = tmp_path / "m" / "v1"
+    d.mkdir(parents=True)
+    (d / "model.tflite").write_bytes(tb.random_classifier(seed=1))
+    return d
+
+
+@pytest.mark.runtime
+def test_solo_interpreter_runs_a_request_alone_and_gives_the_same_answer(backend, tmp_path):
+    m = LoadedModel.load(LoadSpec("m", "v1", version(tmp_path), backend, workers=2, num_threads=1, solo_threads=2))
+    x = np.ones((1, 8, 8, 1), np.float32)
+    pooled, solo = m.run([x]), m.run([x], alone=True)
+    assert (pooled.threads, solo.threads, m.solo_threads, m.pool_size) == (1, 2, 2, 2)
+    np.testing.assert_allclose(solo.outputs[0], pooled.outputs[0], rtol=1e-5, atol=1e-6)
+    assert m.describe()["solo_threads"] == 2
+
+
+@pytest.mark.runtime
+def test_a_busy_solo_interpreter_sends_the_request_to_the_pool(backend, tmp_path):
+    m = LoadedModel.load(LoadSpec("m", "v1", version(tmp_path), backend, workers=1, num_threads=1, solo_threads=2))
+    with m._solo_lock:  # another request holds it
+        assert m.run([np.ones((1, 8, 8, 1), np.float32)], alone=True).threads == 1
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize(("num_threads", "solo_threads"), [(1, 1), (2, 2), (0, 4)])
+def test_no_solo_interpreter_unless_it_has_more_threads(backend, tmp_path, num_threads, solo_threads):
+    m = LoadedModel.load(LoadSpec("m", "v1", version(tmp_path), backend, num_threads=num_threads,
+                                  solo_threads=solo_threads))
+    r = m.run([np.ones((1, 8, 8, 1), np.float32)], alone=True)
+    assert m.solo_threads == 0 and r.threads == num_threads

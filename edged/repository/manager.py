@@ -259,8 +259,8 @@ class ModelManager:
             log.error("model %s: no loadable version (%s)", name, ", ".join(versions) or "none")
             return
         m = slot.serving
-        log.info("serving %s/%s (%s, delegate %s, %d interpreters)", name, m.version, self.backend.describe(),
-                 m.delegate, m.pool_size)
+        log.info("serving %s/%s (%s, delegate %s, %d interpreters%s)", name, m.version, self.backend.describe(),
+                 m.delegate, m.pool_size, f" + solo with {m.solo_threads} threads" if m.solo_threads else "")
         st = self.state.get(name)
         if st.probation is not None and st.probation.version == m.version:
             prob = st.probation

@@ -83,9 +83,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace, control: bool = False) -> Any:
     from edged.client import Client
 
+    curve = _curve_keys(args)
     if control:
-        return Client.control(args.control_endpoint, timeout=args.timeout)
-    return Client(args.endpoint, timeout=args.timeout)
+        return Client.control(args.control_endpoint, timeout=args.timeout, curve=curve)
+    return Client(args.endpoint, timeout=args.timeout, curve=curve)
+
+
+def _curve_keys(args: argparse.Namespace) -> Any:
+    """ClientKeys from --server-key/--client-key (or $EDGED_SERVER_KEY/$EDGED_CLIENT_KEY); None if neither."""
+    from edged.curve import ClientKeys
+
+    server_key, client_key = getattr(args, "server_key", None), getattr(args, "client_key", None)
+    if not server_key and not client_key:
+        return None
+    if not (server_key and client_key):
+        raise RequestError("CURVE needs both --server-key (the daemon's .key file) and --client-key "
+                           "(this client's .key_secret file)")
+    return ClientKeys.from_files(server_key, client_key)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from edged.curve import generate
+
+    files = generate(Path(args.dir), args.name)
+    data = {"public": str(files.public_path), "secret": str(files.secret_path), "public_key": files.public.decode()}
+    _print(args, data, lambda d: f"public key {d['public_key']}\n  {d['public']} (share it)\n"
+                                 f"  {d['secret']} (mode 0600, keep it private)")
+    return 0
 
 
 def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str] | None = None) -> None:
@@ -324,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--endpoint", default=None, help="default $EDGED_ENDPOINT or the runtime dir")
         sp.add_argument("--timeout", type=float, default=float(os.environ.get("EDGED_TIMEOUT", "10")))
         sp.add_argument("--json", action="store_true", help="machine-readable output")
+        curve_opts(sp, None)
+
+    def curve_opts(sp: argparse.ArgumentParser, default: Any) -> None:
+        # default None: read the environment now; SUPPRESS: ctl's options before or after the subcommand.
+        env = default is None
+        sp.add_argument("--server-key", metavar="FILE", default=os.environ.get("EDGED_SERVER_KEY") if env else default,
+                        help="tcp:// with CURVE: the daemon's public .key file (default $EDGED_SERVER_KEY)")
+        sp.add_argument("--client-key", metavar="FILE", default=os.environ.get("EDGED_CLIENT_KEY") if env else default,
+                        help="tcp:// with CURVE: this client's .key_secret file (default $EDGED_CLIENT_KEY)")
 
     s = sub.add_parser("serve", help="run the daemon in the foreground")
     s.add_argument("--config", default=None, help="TOML file (default $EDGED_CONFIG, /etc/edged/edged.toml)")
@@ -395,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_validate)
 
+    s = sub.add_parser("keys", help="CURVE key pairs for tcp:// endpoints (docs/security.md)")
+    keys = s.add_subparsers(dest="keys", required=True)
+    kg = keys.add_parser("generate", help="write NAME.key (public, 0644) and NAME.key_secret (0600); never overwrites")
+    kg.add_argument("name", nargs="?", default="server", help="'server' for the daemon, a client's name otherwise")
+    kg.add_argument("--dir", default=".", help="where to write the two files (default: here)")
+    kg.add_argument("--json", action="store_true")
+    kg.set_defaults(func=cmd_keys)
+
     s = sub.add_parser("health", help="exit 0 if the daemon is healthy")
     client_opts(s)
     s.set_defaults(func=cmd_health)
@@ -408,10 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default $EDGED_CONTROL_ENDPOINT or the runtime dir")
         sp.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds (default 60)")
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+        curve_opts(sp, argparse.SUPPRESS)
         return sp
 
     s = ctl_opts(sub.add_parser("ctl", help="control the running daemon"))
-    s.set_defaults(json=False, timeout=float(os.environ.get("EDGED_TIMEOUT", "60")), control_endpoint=None)
+    s.set_defaults(json=False, timeout=float(os.environ.get("EDGED_TIMEOUT", "60")), control_endpoint=None,
+                   server_key=os.environ.get("EDGED_SERVER_KEY"), client_key=os.environ.get("EDGED_CLIENT_KEY"))
     ctl = s.add_subparsers(dest="ctl", required=True)
     ctl_opts(ctl.add_parser("status", help="state, models, versions, profile"))
     st = ctl_opts(ctl.add_parser("stats", help="counters and latency"))
@@ -450,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Client subcommands share --json/--timeout after the subcommand; ctl's live on "ctl".
-    for name in ("json", "endpoint", "control_endpoint", "timeout"):
+    for name in ("json", "endpoint", "control_endpoint", "timeout", "server_key", "client_key"):
         if not hasattr(args, name):
             setattr(args, name, None if name != "json" else False)
     try:

@@ -7,7 +7,9 @@
     r = c.predict(x)                    # ndarray, {name: ndarray}, or [ndarray, ...]
     r.outputs, r.model, r.version
 
-Imports only :mod:`edged.protocol` and :mod:`edged.errors`.  A client is not
+Imports only :mod:`edged.protocol`, :mod:`edged.curve` (key files, at the protocol
+layer) and :mod:`edged.errors`.  A tcp:// endpoint with CURVE (docs/security.md)
+takes ``curve=ClientKeys.from_files(server_key, client_key)``.  A client is not
 thread-safe: use one per thread.  Every call has a timeout; when it expires the
 socket is closed and reopened (the "Lazy Pirate" pattern) so a lost reply can
 never wedge the client, and :class:`~edged.errors.TransportError` is raised.
@@ -27,6 +29,7 @@ import numpy as np
 import zmq
 
 from edged import protocol
+from edged.curve import ClientKeys, is_tcp
 from edged.errors import ErrorCode, RequestError, Throttled, TransportError, from_wire
 
 
@@ -82,22 +85,34 @@ class Prediction:
     request_id: str | None = None
 
 
+#: Handshake outcomes the client watches on tcp:// endpoints to explain a refused connection.
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
 class Client:
-    """A connection to one edged endpoint (predict by default; see :meth:`control`)."""
+    """A connection to one edged endpoint (predict by default; see :meth:`control`).
+
+    ``curve`` holds the keys for a tcp:// endpoint served with CURVE; it is not
+    used on ipc:// endpoints, which file permissions protect instead.
+    """
 
     def __init__(self, endpoint: str | None = None, timeout: float = 5.0, *,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: ClientKeys | None = None) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
+        self.curve = curve
         self._ctx = context or zmq.Context.instance()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{id(self) & 0xFFFFFF:x}-"
         self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._handshake_failures = 0
 
     @classmethod
-    def control(cls, endpoint: str | None = None, timeout: float = 5.0) -> Client:
+    def control(cls, endpoint: str | None = None, timeout: float = 5.0, *, curve: ClientKeys | None = None) -> Client:
         """A client for the control endpoint (status, reload, swap, ...)."""
-        return cls(endpoint or default_control_endpoint(), timeout)
+        return cls(endpoint or default_control_endpoint(), timeout, curve=curve)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -105,14 +120,42 @@ class Client:
         if self._sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if is_tcp(self.endpoint):
+                if self.curve is not None:
+                    self.curve.apply(sock)
+                # A refused CURVE handshake is otherwise silent (ZeroMQ just retries):
+                # watch for it so the caller learns why instead of waiting for a timeout.
+                self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+                self._handshake_failures = 0
             sock.connect(self.endpoint)
             self._sock = sock
         return self._sock
 
     def _reset(self) -> None:
         if self._sock is not None:
+            if self._monitor is not None:
+                self._sock.disable_monitor()
+                self._monitor.close(0)
+                self._monitor = None
             self._sock.close(0)
             self._sock = None
+
+    def _check_handshake(self) -> None:
+        """Raise AUTH_FAILED if the daemon refused our CURVE handshake (tcp:// only)."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor is not None and self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._reset()
+                raise TransportError(f"{self.endpoint} refused this client's CURVE key (not in the daemon's "
+                                     f"security.client_keys_dir?)", code=ErrorCode.AUTH_FAILED)
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                self._reset()
+                side = ("the daemon does not use CURVE on it" if self.curve is not None
+                        else "it requires CURVE keys (--server-key and --client-key)")
+                raise TransportError(f"cannot talk to {self.endpoint}: {side}", code=ErrorCode.AUTH_FAILED)
+            self._handshake_failures += 1  # no detail: often a wrong server key; told at timeout
 
     def close(self) -> None:
         self._reset()
@@ -140,10 +183,23 @@ class Client:
         sock.send_multipart(frames, copy=False)
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(remaining * 1000):
+            ready = dict(poller.poll(remaining * 1000)) if remaining > 0 else {}
+            self._check_handshake()
+            if sock not in ready:
+                if remaining > 0 and ready:
+                    continue  # only a monitor event
+                failed = self._handshake_failures
                 self._reset()  # Lazy Pirate: a late reply must not be read as the next call's
+                if failed:
+                    raise TransportError(f"no reply from {self.endpoint} within {wait:.1f}s: {failed} CURVE "
+                                         f"handshake(s) failed (wrong server public key?)",
+                                         code=ErrorCode.AUTH_FAILED)
                 raise TransportError(f"no reply from {self.endpoint} within {wait:.1f}s (is edged running?)",
                                      code=ErrorCode.TIMEOUT)
             reply = sock.recv_multipart(copy=False)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from edged.curve import KeyFileError, ServerKeys, is_tcp, read_allowed_keys
 from edged.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -67,7 +68,7 @@ class ServerConfig:
     control_endpoint: str = ""
     #: PUB socket for model and power events ("" = ipc://<runtime-dir>/events.sock; "none" = off).
     events_endpoint: str = ""
-    #: Allow TCP endpoints on non-loopback addresses (off: edged is a local service until CURVE lands).
+    #: Allow non-loopback addresses: TCP endpoints (which also need CURVE, [security]) and metrics_endpoint.
     allow_remote: bool = False
     #: Worker threads, each running one request at a time; 0 = auto (see :func:`derive_parallelism`).
     workers: int = 0
@@ -219,6 +220,18 @@ class FrigateConfig:
 
 
 @dataclass
+class SecurityConfig:
+    """CURVE for tcp:// endpoints (docs/security.md).  Key files are read in :func:`load`."""
+
+    #: The daemon's CURVE secret key file (``edged keys generate server``); "" = CURVE off.
+    server_secret_key: str = ""
+    #: Directory of allowed client public keys (``*.key``), re-read on reload.
+    client_keys_dir: str = ""
+    #: Serve the control endpoint over TCP without CURVE; any local user can then stop or swap models.
+    allow_insecure_tcp_control: bool = False
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -228,9 +241,13 @@ class Config:
     #: The raw [power] table; validated by edged.power.config in load().
     power: dict[str, Any] = field(default_factory=dict)
     frigate: FrigateConfig = field(default_factory=FrigateConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source: str = "defaults"
     #: How the parallelism settings were chosen: the machine, and "auto"/"config" per key.
     parallelism: dict[str, Any] = field(default_factory=dict)
+    #: Read from [security] files by load(): the server key pair (None = CURVE off) and the allowed client keys.
+    curve: ServerKeys | None = field(default=None, repr=False)
+    allowed_keys: frozenset[bytes] = field(default=frozenset(), repr=False)
 
     @property
     def models_path(self) -> Path:
@@ -334,10 +351,17 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _validate(config: Config) -> None:
     from edged.power.config import PowerConfig, PowerConfigError  # deferred: power is optional to load
 
+    _load_security(config)
+    curve = config.curve is not None
     for key, endpoint in (("server.endpoint", config.endpoint), ("server.control_endpoint", config.control_endpoint)):
-        check_endpoint(key, endpoint, config.server.allow_remote)
+        check_endpoint(key, endpoint, config.server.allow_remote, curve=curve)
     if config.events_endpoint:
-        check_endpoint("server.events_endpoint", config.events_endpoint, config.server.allow_remote)
+        check_endpoint("server.events_endpoint", config.events_endpoint, config.server.allow_remote, curve=curve)
+    if is_tcp(config.control_endpoint) and not curve and not config.security.allow_insecure_tcp_control:
+        raise ConfigError("server.control_endpoint", config.control_endpoint,
+                          "control over TCP without CURVE lets any local user stop the daemon or swap its models; "
+                          "set up CURVE (docs/security.md), use ipc://, or set "
+                          "security.allow_insecure_tcp_control = true")
     if config.endpoint == config.control_endpoint:
         raise ConfigError("server.control_endpoint", config.control_endpoint, "must differ from server.endpoint")
     if config.server.metrics_endpoint:
@@ -384,6 +408,27 @@ def _validate_update(u: UpdateConfig) -> None:
         raise ConfigError("update.channel", u.channel, "letters, digits, '.', '_', '-'")
 
 
+def _load_security(config: Config) -> None:
+    """Read the [security] key files into ``config.curve`` and ``config.allowed_keys``."""
+    sec = config.security
+    if not sec.server_secret_key:
+        if sec.client_keys_dir:
+            raise ConfigError("security.client_keys_dir", sec.client_keys_dir,
+                              "has no effect without security.server_secret_key")
+        return
+    if not sec.client_keys_dir:
+        raise ConfigError("security.client_keys_dir", "",
+                          "must name the directory of allowed client public keys when CURVE is on")
+    try:
+        config.curve = ServerKeys.from_file(sec.server_secret_key)
+    except KeyFileError as exc:
+        raise ConfigError("security.server_secret_key", sec.server_secret_key, exc.message) from None
+    try:
+        config.allowed_keys = read_allowed_keys(sec.client_keys_dir)
+    except KeyFileError as exc:
+        raise ConfigError("security.client_keys_dir", sec.client_keys_dir, exc.message) from None
+
+
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _ANY_ADDRESS = ("", "*", "0.0.0.0", "::", "0")
 
@@ -423,15 +468,20 @@ def check_http_endpoint(key: str, endpoint: str, allow_remote: bool = False) -> 
         raise ConfigError(key, endpoint, "must be a loopback address unless server.allow_remote = true")
 
 
-def check_endpoint(key: str, endpoint: str, allow_remote: bool = False) -> None:
-    """Raise :class:`ConfigError` unless ``endpoint`` is ipc:// or (loopback) tcp://."""
+def check_endpoint(key: str, endpoint: str, allow_remote: bool = False, *, curve: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``endpoint`` is ipc://, loopback tcp://, or remote tcp:// with CURVE."""
     if endpoint.startswith("ipc://"):
         if len(endpoint) <= len("ipc://"):
             raise ConfigError(key, endpoint, "ipc endpoint needs a path")
         return
     if endpoint.startswith("tcp://"):
         host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-        if not allow_remote and host not in _LOOPBACK and not host.startswith("127."):
+        if host in _LOOPBACK or host.startswith("127."):
+            return
+        if not curve:
+            raise ConfigError(key, endpoint, "a non-loopback TCP endpoint needs CURVE authentication "
+                                             "(security.server_secret_key, docs/security.md)")
+        if not allow_remote:
             raise ConfigError(key, endpoint, "TCP must bind a loopback address unless server.allow_remote = true")
         return
     raise ConfigError(key, endpoint, "must start with ipc:// or tcp://")
@@ -485,7 +535,7 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
                 raise ConfigError(dotted, value, f"{part} is not a table")
             table = nxt
         table[key] = value
-    sections = ("server", "runtime", "repository", "health", "power", "frigate", "update")
+    sections = ("server", "runtime", "repository", "health", "power", "frigate", "update", "security")
     unknown = set(data) - set(sections)
     if unknown:
         name = sorted(unknown)[0]
@@ -498,6 +548,7 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
         health=_build(HealthConfig, data.get("health", {}), "health"),
         power=data.get("power", {}),
         frigate=_build(FrigateConfig, data.get("frigate", {}), "frigate"),
+        security=_build(SecurityConfig, data.get("security", {}), "security"),
         source=source,
     )
     _validate(config)

@@ -51,6 +51,7 @@ class ErrorCode(str, enum.Enum):
     # -- client-side transport failures (exit 8); never sent by the server --
     TIMEOUT = "TIMEOUT"
     PROTOCOL_ERROR = "PROTOCOL_ERROR"  # the reply could not be understood
+    AUTH_FAILED = "AUTH_FAILED"  # the CURVE handshake was refused (unknown client key, or CURVE on one side only)
     # -- a bug or a runtime failure (exit 1) --
     INTERNAL = "INTERNAL"
 
@@ -63,7 +64,7 @@ for _code, _status in (
     ((ErrorCode.THROTTLED, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.SHUTTING_DOWN, ErrorCode.INVALID_STATE), 5),
     ((ErrorCode.MODEL_LOAD_FAILED, ErrorCode.VALIDATION_FAILED, ErrorCode.CONTRACT_CHANGED), 6),
     ((ErrorCode.CONFIG_INVALID,), 7),
-    ((ErrorCode.TIMEOUT, ErrorCode.PROTOCOL_ERROR), 8),
+    ((ErrorCode.TIMEOUT, ErrorCode.PROTOCOL_ERROR, ErrorCode.AUTH_FAILED), 8),
     ((ErrorCode.INTERNAL,), 1),
 ):
     for _c in _code:
@@ -168,6 +169,7 @@ _CLASS_FOR_CODE: dict[ErrorCode, type[EdgedError]] = {
     ErrorCode.CONTRACT_CHANGED: ModelError,
     ErrorCode.TIMEOUT: TransportError,
     ErrorCode.PROTOCOL_ERROR: TransportError,
+    ErrorCode.AUTH_FAILED: TransportError,
     ErrorCode.INTERNAL: InternalError,
 }
 

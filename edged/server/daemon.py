@@ -29,6 +29,7 @@ import edged
 from edged import config as config_mod
 from edged import protocol
 from edged.config import Config
+from edged.curve import is_tcp
 from edged.errors import (
     ConfigError, DeadlineExceeded, EdgedError, ErrorCode, InternalError, RequestError, RetryableError,
     Throttled,
@@ -37,6 +38,7 @@ from edged.repository.manager import ModelManager
 from edged.repository.watcher import RepositoryWatcher
 from edged.runtime.backends import select_backend
 from edged.seams import Clock
+from edged.server.auth import AllowedKeys, start_authenticator
 from edged.server.dispatch import Request, dispatch, encode_reply, error_reply
 from edged.server.metrics import Stats, prometheus_text, serve_metrics
 from edged.server.notify import Notifier, WatchdogGate
@@ -108,6 +110,8 @@ class Daemon:
         # Reply ids for feedback: random per daemon start, so an id never matches across restarts.
         self._request_prefix = secrets.token_hex(4)
         self._request_seq = itertools.count(1)
+        self.auth: Any = None  # the ZAP ThreadAuthenticator when CURVE is on
+        self.allowed_keys: AllowedKeys | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -129,6 +133,8 @@ class Daemon:
         self.models.start()
         self.power = PowerController(cfg.power, self.clock, self)
         self.ctx = zmq.Context()
+        if cfg.curve is not None:
+            self.auth, self.allowed_keys = start_authenticator(self.ctx, cfg.allowed_keys)
         self.events_sock = None
         if cfg.events_endpoint:
             self.events_sock = self._bind("events", cfg.events_endpoint, cfg.server.predict_socket_mode, zmq.PUB)
@@ -185,6 +191,8 @@ class Daemon:
         # Hard ceiling per frame: past it ZeroMQ drops the peer.  Messages between
         # max_message_bytes and this get a TOO_LARGE reply instead.
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.config.server.max_message_bytes)
+        if self.config.curve is not None and is_tcp(endpoint):
+            self.config.curve.apply(sock)  # ipc:// stays NULL: its file mode guards it
         path = None
         if endpoint.startswith("ipc://"):
             path = Path(endpoint[len("ipc://"):])
@@ -328,6 +336,8 @@ class Daemon:
             steps.append(("scheduler", self.scheduler.close))
         if hasattr(self, "models"):
             steps.append(("models", lambda: self.models.close(timeout=_JOIN_S)))
+        if self.auth is not None:
+            steps.append(("authenticator", self.auth.stop))
         if hasattr(self, "ctx"):
             steps.append(("sockets", lambda: self.ctx.destroy(linger=0)))  # closes every socket, never waits
         for path in self._ipc_files:
@@ -364,6 +374,8 @@ class Daemon:
         for sock in (self.predict_sock, self.control_sock, self.events_sock):
             if sock is not None:
                 sock.close(linger=500)
+        if self.auth is not None:
+            self.auth.stop()  # it holds a ZAP socket: ctx.term() would wait for it
         self.ctx.term()
         for path in self._ipc_files:
             try:
@@ -712,10 +724,16 @@ class Daemon:
             if new.models_path != self.config.models_path:
                 restart_needed.append("repository.path")
                 new.repository.path = self.config.repository.path
+            restart_needed += self._reload_security(new)
             if restart_needed:
                 log.warning("reload: %s change only on restart", ", ".join(restart_needed))
             for key in _LIVE_SERVER_KEYS:  # before power: the governor reads queue_size
                 setattr(self.config.server, key, getattr(new.server, key))
+            if self.allowed_keys is not None and new.curve is not None:
+                self.allowed_keys.replace(new.allowed_keys)
+                self.config.security.client_keys_dir = new.security.client_keys_dir
+                self.config.allowed_keys = new.allowed_keys
+                log.info("reload: %d CURVE client key(s) allowed", len(new.allowed_keys))
             logging.getLogger("edged").setLevel(new.server.log_level.upper())
             self.scheduler.queue_size = new.server.queue_size
             self.config.repository = new.repository
@@ -732,6 +750,15 @@ class Daemon:
         finally:
             self.state = previous if previous is not DaemonState.RELOADING else DaemonState.RUNNING
             self.notifier.ready(self.status_line())
+
+    def _reload_security(self, new: Config) -> list[str]:
+        """[security] keys a reload cannot apply: the server key and the TCP control opt-in are bind-time."""
+        old = self.config.security
+        needed = [f"security.{k}" for k in ("server_secret_key", "allow_insecure_tcp_control")
+                  if getattr(new.security, k) != getattr(old, k)]
+        if new.curve != self.config.curve and "security.server_secret_key" not in needed:
+            needed.append("security.server_secret_key")  # same path, new key in the file
+        return needed
 
 
 def _event_topic(kind: Any) -> str:

@@ -88,8 +88,8 @@ def test_invalid_toml_and_missing_file(tmp_path):
 def test_loopback_tcp_allowed_and_remote_needs_opt_in(tmp_path):
     cfg = config.load(write(tmp_path, '[server]\nendpoint = "tcp://127.0.0.1:5555"\n'))
     assert cfg.endpoint == "tcp://127.0.0.1:5555"
-    cfg = config.load(write(tmp_path, '[server]\nendpoint = "tcp://0.0.0.0:5555"\nallow_remote = true\n'))
-    assert cfg.endpoint.startswith("tcp://0.0.0.0")
+    with pytest.raises(ConfigError, match="needs CURVE"):
+        config.load(write(tmp_path, '[server]\nendpoint = "tcp://0.0.0.0:5555"\nallow_remote = true\n'))
     cfg = config.load(write(tmp_path, '[server]\nmetrics_endpoint = "[::]:9101"\nallow_remote = true\n'))
     assert cfg.server.metrics_endpoint == "[::]:9101"
     assert config.load(write(tmp_path, '[server]\nmetrics_endpoint = "localhost:9101"\n')).server.metrics_endpoint
@@ -129,3 +129,38 @@ def test_set_overrides_any_key_including_nested_tables(tmp_path):
         config.parse_assignment("workers")
     with pytest.raises(ConfigError, match="server.queue_size"):
         config.load(None, {"server.queue_size": "many"})
+
+
+def test_security_section_reads_keys_and_gates_tcp(tmp_path):
+    from edged import curve
+
+    server = curve.generate(tmp_path / "k", "server")
+    app = curve.generate(tmp_path / "k", "app")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir(mode=0o755)
+    (allowed / "app.key").write_bytes(app.public_path.read_bytes())
+    sec = f'[security]\nserver_secret_key = "{server.secret_path}"\nclient_keys_dir = "{allowed}"\n'
+    cfg = config.load(write(tmp_path, '[server]\nendpoint = "tcp://0.0.0.0:5555"\nallow_remote = true\n'
+                                      'control_endpoint = "tcp://[::1]:5556"\n' + sec))
+    assert cfg.curve is not None and cfg.curve.public == server.public and cfg.allowed_keys == {app.public}
+    assert cfg.curve.secret.decode() not in repr(cfg)
+    with pytest.raises(ConfigError, match="allow_remote"):  # CURVE alone does not open remote binds
+        config.load(write(tmp_path, '[server]\nendpoint = "tcp://0.0.0.0:5555"\n' + sec))
+    with pytest.raises(ConfigError, match="security.client_keys_dir"):
+        config.load(write(tmp_path, f'[security]\nserver_secret_key = "{server.secret_path}"\n'))
+    with pytest.raises(ConfigError, match="security.client_keys_dir.*without security.server_secret_key"):
+        config.load(write(tmp_path, f'[security]\nclient_keys_dir = "{allowed}"\n'))
+    with pytest.raises(ConfigError, match="security.server_secret_key.*chmod 600"):
+        server.secret_path.chmod(0o644)
+        config.load(write(tmp_path, sec))
+
+
+def test_tcp_control_without_curve_needs_an_opt_in_that_names_the_risk(tmp_path):
+    with pytest.raises(ConfigError, match="server.control_endpoint.*allow_insecure_tcp_control"):
+        config.load(write(tmp_path, '[server]\ncontrol_endpoint = "tcp://127.0.0.1:5556"\n'))
+    cfg = config.load(write(tmp_path, '[server]\ncontrol_endpoint = "tcp://127.0.0.1:5556"\n'
+                                      '[security]\nallow_insecure_tcp_control = true\n'))
+    assert cfg.control_endpoint == "tcp://127.0.0.1:5556" and cfg.curve is None
+    with pytest.raises(ConfigError, match="needs CURVE"):  # the opt-in never opens a remote bind
+        config.load(write(tmp_path, '[server]\ncontrol_endpoint = "tcp://0.0.0.0:5556"\nallow_remote = true\n'
+                                    '[security]\nallow_insecure_tcp_control = true\n'))

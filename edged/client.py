@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from edged import protocol
 from edged.curve import ClientKeys, is_tcp
@@ -142,8 +143,6 @@ class Client:
 
     def _check_handshake(self) -> None:
         """Raise AUTH_FAILED if the daemon refused our CURVE handshake (tcp:// only)."""
-        from zmq.utils.monitor import recv_monitor_message
-
         while self._monitor is not None and self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:

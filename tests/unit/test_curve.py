@@ -99,3 +99,15 @@ def test_client_keys_never_show_the_secret(tmp_path):
     assert keys.secret.decode() not in repr(keys)
     with pytest.raises(KeyFileError, match="secret key file"):
         ClientKeys.from_files(server.public_path, app.public_path)
+
+
+def test_cli_keys_generate(tmp_path, capsys):
+    from edged import cli
+
+    assert cli.main(["keys", "generate", "--dir", str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"public_key"' in out and "secret-key" not in out
+    assert stat.S_IMODE((tmp_path / "server.key_secret").stat().st_mode) == 0o600
+    assert cli.main(["keys", "generate", "server", "--dir", str(tmp_path)]) == 7  # never overwrites
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main(["ctl", "status", "--server-key", str(tmp_path / "server.key")]) == 3  # a pair needs both

@@ -92,25 +92,35 @@ def log(msg: str) -> None:
 # Roles run as subprocesses of this script
 # ---------------------------------------------------------------------------------------------
 
-def role_echo(args: dict[str, Any]) -> int:
-    """A bare ROUTER that echoes every message (``full``) or answers header + N bytes (``shaped``)."""
+def router_requests(endpoint: str, max_s: float) -> Iterator[tuple[Any, list[Any]]]:
+    """Bind a bare ROUTER, say ``ready`` on stdout, yield (socket, frames) per request until ``quit`` or ``max_s``."""
     import zmq
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(args["endpoint"])
+    sock.bind(endpoint)
+    deadline = time.monotonic() + max_s
+    print("ready", flush=True)
+    try:
+        while time.monotonic() < deadline:
+            if not sock.poll(200):
+                continue
+            frames = sock.recv_multipart(copy=False)
+            if len(frames) == 2 and frames[1].bytes == b"quit":
+                break
+            yield sock, frames
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def role_echo(args: dict[str, Any]) -> int:
+    """A bare ROUTER that echoes every message (``full``) or answers header + N bytes (``shaped``)."""
     small = b"\0" * int(args.get("reply_bytes", 1000))
     shaped = args.get("mode") == "shaped"
     spin_s = float(args.get("spin_s", 0.0))  # busy "compute" before replying, like a worker in invoke()
-    deadline = time.monotonic() + float(args.get("max_s", 300))
-    print("ready", flush=True)
-    while time.monotonic() < deadline:
-        if not sock.poll(200):
-            continue
-        frames = sock.recv_multipart(copy=False)
-        if len(frames) == 2 and frames[1].bytes == b"quit":
-            break
+    for sock, frames in router_requests(args["endpoint"], float(args.get("max_s", 300))):
         if spin_s:
             until = time.perf_counter() + spin_s
             while time.perf_counter() < until:
@@ -119,8 +129,43 @@ def role_echo(args: dict[str, Any]) -> int:
             sock.send_multipart([frames[0], frames[1], small], copy=False)
         else:
             sock.send_multipart(frames, copy=False)
-    sock.close(0)
-    ctx.term()
+    return 0
+
+
+def warm_interpreter(backend: Any, plan: Any, content: bytes, threads: int) -> Any:
+    """A bare interpreter of the model with ``threads`` threads, allocated and run once on zeros."""
+    it = backend.interpreter_cls(model_content=content, num_threads=threads, **plan.interpreter_kwargs())
+    it.allocate_tensors()
+    d = it.get_input_details()[0]
+    it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    it.invoke()
+    return it
+
+
+def role_floor(args: dict[str, Any]) -> int:
+    """The machine's floor for a served request: one thread, no queue, no hand-off.
+
+    A bare ROUTER that runs the same model: receive → ``json.loads`` → ``frombuffer``
+    → set_tensor/invoke/get_tensor → send a daemon-shaped reply (JSON header + the
+    output), so ``edged.client`` talks to it exactly as to edged.
+    """
+    from edged.runtime import delegates
+    from edged.runtime.backends import select_backend
+
+    backend = select_backend(args["runtime"])
+    path = Path(args["model"])
+    plan = delegates.plan(backend, "auto", path.parent, path)
+    interp = warm_interpreter(backend, plan, path.read_bytes(), int(args["threads"]))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    shape, dtype = tuple(int(v) for v in inp["shape"]), np.dtype(inp["dtype"])
+    for sock, frames in router_requests(args["endpoint"], float(args.get("max_s", 900))):
+        head = json.loads(bytes(frames[1].buffer))
+        interp.set_tensor(inp["index"], np.frombuffer(frames[2].buffer, dtype).reshape(shape))
+        interp.invoke()
+        y = interp.get_tensor(out["index"])
+        reply = {"v": 1, "id": head.get("id"), "op": "predict", "ok": True,
+                 "outputs": [{"dtype": y.dtype.name, "shape": list(y.shape)}]}
+        sock.send_multipart([frames[0], json.dumps(reply, separators=(",", ":")).encode(), y], copy=False)
     return 0
 
 
@@ -197,21 +242,21 @@ def role_bare(args: dict[str, Any]) -> int:
     path = Path(args["model"])
     plan = delegates.plan(backend, "auto", path.parent, path)
     content = path.read_bytes()
-    interps = []
-    for _ in range(int(args["workers"])):
-        it = backend.interpreter_cls(model_content=content, num_threads=1, **plan.interpreter_kwargs())
-        it.allocate_tensors()
-        d = it.get_input_details()[0]
-        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-        it.invoke()
-        interps.append(it)
+    interps = [warm_interpreter(backend, plan, content, 1) for _ in range(int(args["workers"]))]
     time.sleep(0.2)
+    pool = proc.memory_info().rss
+    solo_threads = int(args.get("solo_threads", 0))
+    if solo_threads > 1:  # the daemon's solo interpreter (one per model), as it builds it
+        interps.append(warm_interpreter(backend, plan, content, solo_threads))
+        time.sleep(0.2)
     loaded = proc.memory_info().rss
-    print(json.dumps({"rss_start": base, "rss_imported": imported, "rss_loaded": loaded, "delegate": plan.name}))
+    print(json.dumps({"rss_start": base, "rss_imported": imported, "rss_pool": pool, "rss_loaded": loaded,
+                      "delegate": plan.name}))
     return 0
 
 
-ROLES = {"echo": role_echo, "client": role_client, "swaploop": role_swaploop, "bare": role_bare}
+ROLES = {"echo": role_echo, "floor": role_floor, "client": role_client, "swaploop": role_swaploop,
+         "bare": role_bare}
 
 
 def spawn_role(role: str, args: dict[str, Any], env: dict[str, str], **kw: Any) -> subprocess.Popen:
@@ -226,14 +271,14 @@ def spawn_role(role: str, args: dict[str, Any], env: dict[str, str], **kw: Any) 
 class DaemonRun:
     """``python -m edged serve`` on private endpoints; ``ready_s`` is Popen → first health reply."""
 
-    def __init__(self, models: Path, endpoint: str, control: str, workdir: Path, runtime: str, workers: int,
+    def __init__(self, models: Path, endpoint: str, control: str, workdir: Path, runtime: str, workers: int | None,
                  env: dict[str, str], tag: str) -> None:
         self.endpoint, self.control = endpoint, control
         self.log_path = workdir / f"daemon-{tag}.log"
         self._log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "edged", "serve", "--models", str(models), "--endpoint", endpoint,
-               "--control-endpoint", control, "--runtime", runtime, "--workers", str(workers),
-               "--config", str(workdir / "edged.toml")]
+               "--control-endpoint", control, "--runtime", runtime, "--config", str(workdir / "edged.toml"),
+               *(["--workers", str(workers)] if workers else [])]  # none: the daemon's default
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir))
         self.ready_s: float | None = None
@@ -403,26 +448,99 @@ def measure_echo(endpoint: str, env: dict[str, str], mode: str, n: int, spin_s: 
     return ms(lat)
 
 
-def sequential_latency(endpoint: str, n: int) -> dict[str, Any]:
-    """Sequential predicts with edged.client; also the daemon's own timing fields."""
+class Series:
+    """Sequential latencies of one path (in-process, a floor server, a daemon), pooled over rounds."""
+
+    def __init__(self) -> None:
+        self.lat: list[float] = []
+        self.round_p50_ms: list[float] = []
+        self.daemon: dict[str, list[float]] = {"total": [], "invoke": [], "queue": []}
+        self.threads: dict[int, int] = {}
+
+    def add_round(self, lat: list[float]) -> None:
+        self.lat += lat
+        self.round_p50_ms.append(round(pct(lat, 50) * 1000, 4))
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"client": ms(self.lat), "round_p50_ms": self.round_p50_ms}
+        if self.daemon["total"]:
+            out.update({f"daemon_{k}": ms(v) for k, v in self.daemon.items()})
+            out["threads"] = {str(k): v for k, v in sorted(self.threads.items())}
+        return out
+
+
+def client_round(client: Any, n: int, series: Series, limit_s: float = 60.0) -> None:
+    """``n`` sequential predicts through ``edged.client`` (after 10 to re-warm the path)."""
+    x = bench_input()
+    for _ in range(10):
+        client.predict(x)
+    lat = []
+    limit = time.monotonic() + limit_s
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = client.predict(x)
+        lat.append(time.perf_counter() - t0)
+        if r.timing:  # a daemon: its own split of the time, and the threads that ran it
+            series.daemon["total"].append(r.timing["total_us"] / 1e6)
+            series.daemon["invoke"].append(r.timing["invoke_us"] / 1e6)
+            series.daemon["queue"].append(r.timing["queue_us"] / 1e6)
+            t = int(r.header.get("threads", 0))
+            series.threads[t] = series.threads.get(t, 0) + 1
+        if time.monotonic() > limit:
+            break
+    series.add_round(lat)
+
+
+def inprocess_round(model: Any, n: int, series: Series, limit_s: float = 60.0) -> None:
+    """``n`` in-process ``LoadedModel.run()`` calls (set + invoke + get), after 10 to warm."""
+    x = bench_input()
+    for _ in range(10):
+        model.run([x])
+    lat = []
+    limit = time.monotonic() + limit_s
+    for _ in range(n):
+        t0 = time.perf_counter()
+        model.run([x])
+        lat.append(time.perf_counter() - t0)
+        if time.monotonic() > limit:
+            break
+    series.add_round(lat)
+
+
+def latency_rounds(by_threads: dict[int, Any], endpoints: dict[str, str], rounds: int, n: int) -> dict[str, Any]:
+    """Side by side on a shared box: every path measured in each of ``rounds`` rounds.
+
+    A round runs in-process at each thread count, then each endpoint (floor and
+    daemon, ipc and TCP), ``n`` sequential requests each; every other round runs the
+    paths in reverse order, so a slow patch of the box does not always fall on the
+    same path.  Figures are pooled over the rounds; each round's p50 is kept so the
+    ratios can be judged round by round too.
+    """
     from edged.client import Client
 
-    x = bench_input()
-    lat, total, invoke, queue = [], [], [], []
-    limit = time.monotonic() + 120
-    with Client(endpoint, timeout=10.0) as c:
-        for _ in range(20):
-            c.predict(x)
-        for _ in range(n):
-            t0 = time.perf_counter()
-            r = c.predict(x)
-            lat.append(time.perf_counter() - t0)
-            total.append(r.timing["total_us"] / 1e6)
-            invoke.append(r.timing["invoke_us"] / 1e6)
-            queue.append(r.timing["queue_us"] / 1e6)
-            if time.monotonic() > limit:
-                break
-    return {"client": ms(lat), "daemon_total": ms(total), "daemon_invoke": ms(invoke), "daemon_queue": ms(queue)}
+    paths: list[tuple[str, Any]] = [(f"inprocess_t{t}", m) for t, m in sorted(by_threads.items())]
+    paths += [(label, Client(ep, timeout=10.0)) for label, ep in endpoints.items()]
+    series = {label: Series() for label, _ in paths}
+    load: list[float] = []
+    try:
+        for i in range(rounds):
+            load.append(round(os.getloadavg()[0], 2))
+            for label, obj in (paths if i % 2 == 0 else paths[::-1]):
+                if label.startswith("inprocess"):
+                    inprocess_round(obj, n, series[label])
+                else:
+                    client_round(obj, n, series[label])
+    finally:
+        for label, obj in paths:
+            if not label.startswith("inprocess"):
+                obj.close()
+    out: dict[str, Any] = {"rounds": rounds, "n_per_round": n, "loadavg_per_round": load,
+                           "inprocess": {str(t): series[f"inprocess_t{t}"].summary()["client"]
+                                         | {"round_p50_ms": series[f"inprocess_t{t}"].round_p50_ms}
+                                         for t in sorted(by_threads)}}
+    for label in endpoints:
+        out[label] = series[label].summary()
+    return out
 
 
 def throughput(endpoint: str, env: dict[str, str], concurrency: int, duration_s: float) -> dict[str, Any]:
@@ -630,11 +748,36 @@ def build_checks(r: dict[str, Any]) -> list[dict[str, Any]]:
     def add(name: str, value: Any, target: str, ok: bool | None) -> None:
         checks.append({"figure": name, "value": value, "target": target, "result": verdict(ok)})
 
+    lat = r["latency"]
+    inp = lat["inprocess"]
+    best_t = min(inp, key=lambda t: inp[t]["p50_ms"])
+    ft = str(lat["floor_threads"])
+    for label in ("ipc", "tcp"):
+        fl, ed = lat[f"floor_{label}"]["client"], lat[f"edged_{label}"]["client"]
+        best = inp[best_t]["p50_ms"]
+        floor_over = fl["p50_ms"] - inp[ft]["p50_ms"]
+        limit = best + 1.25 * floor_over
+        over = ed["p50_ms"] - best
+        lat[f"{label}_floor_overhead_ms"] = round(floor_over, 4)
+        lat[f"{label}_edged_overhead_ms"] = round(over, 4)
+        add(f"c=1 {label}: edged p50 ≤ best in-process + 1.25 × floor overhead",
+            f"{ed['p50_ms']:.3f} ≤ {limit:.3f} ms ({best:.3f} @{best_t}t + 1.25 × {floor_over:.3f}); "
+            f"overhead {over / floor_over:.2f}× the floor's", "≤ 1.25× floor", ed["p50_ms"] <= limit)
+        # The same ratio within each round (each path measured minutes apart at most).
+        per_round = []
+        for i in range(lat["rounds"]):
+            b = min(inp[t]["round_p50_ms"][i] for t in inp)
+            fo = lat[f"floor_{label}"]["round_p50_ms"][i] - inp[ft]["round_p50_ms"][i]
+            per_round.append(round((lat[f"edged_{label}"]["round_p50_ms"][i] - b) / fo, 2) if fo > 0 else None)
+        lat[f"{label}_overhead_ratio_per_round"] = per_round
+        add(f"  info: {label} edged overhead / floor overhead per round", str(per_round), "(≤ 1.25×)", None)
+        add(f"c=1 {label}: edged p99 ≤ 1.5 × floor p99", f"{ed['p99_ms'] / fl['p99_ms']:.2f}× ({ed['p99_ms']:.3f} / "
+            f"{fl['p99_ms']:.3f} ms)", "≤ 1.5×", ed["p99_ms"] <= 1.5 * fl["p99_ms"])
     floor = ip["run"]["p50_ms"]
     for label, run in (("ipc", ipc), ("tcp", tcp)):
         over = run["latency"]["client"]["p50_ms"] - floor
         run["overhead_p50_ms"] = round(over, 4)
-        add(f"edged {label} p50 − in-process p50", f"{over:.3f} ms", "≤ 0.3 ms", over <= 0.3)
+        add(f"edged {label} p50 − in-process p50 (1 thread)", f"{over:.3f} ms", "≤ 0.3 ms", over <= 0.3)
     over = ipc["overhead_p50_ms"]
     add("ipc overhead / bare echo p50 (ipc)", f"{over / echo['p50_ms']:.2f}× ({over:.3f} / {echo['p50_ms']:.3f} ms)",
         "≤ 1.35×", over <= 1.35 * echo["p50_ms"])
@@ -653,6 +796,9 @@ def build_checks(r: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = rss["daemon_after_load_mb"] / rss["bare_loaded_mb"]
     add("daemon RSS / bare process RSS", f"{ratio:.2f}× ({rss['daemon_after_load_mb']:.1f} / "
         f"{rss['bare_loaded_mb']:.1f} MB)", "≤ 1.25×", ratio <= 1.25)
+    add("  info: memory of one model: pool + solo interpreter",
+        f"{rss['model_footprint_mb']:.1f} MB = {rss['pool_interpreters_mb']:.1f} ({rss['bare_interpreters']} × 1 "
+        f"thread) + {rss['solo_interpreter_mb']:.1f} (solo, {rss['bare_solo_threads']} threads)", "–", None)
     rd = r["ready"]
     add("start → first health reply", f"{rd['ready_s_median'] * 1000:.0f} ms (log: ready in "
         f"{rd['logged_ready_ms_median']:.0f} ms)", "≤ 1000 ms", rd["ready_s_median"] <= 1.0)
@@ -685,7 +831,9 @@ def print_report(r: dict[str, Any]) -> None:
     lines = [
         "",
         f"edged benchmark — {r['machine']['cpu_model']}, {r['machine']['nproc']} CPUs, {r['runtime']}, "
-        f"model {r['model']['size_bytes']} B, input {list(INPUT_SHAPE)} uint8, workers {r['workers']}"
+        f"model {r['model']['size_bytes']} B, input {list(INPUT_SHAPE)} uint8, workers {r['workers']}, "
+        f"solo_threads {r['solo_threads']} ({r['workers_from']})",
+        f"daemon: parallelism: {r['daemon_parallelism']}"
         + ("  [--quick]" if r["quick"] else ""),
         "",
         f"{'measurement':44} {'p50 ms':>9} {'p99 ms':>9} {'n':>6}",
@@ -699,14 +847,25 @@ def print_report(r: dict[str, Any]) -> None:
         f"{'  same, server busy ' + format(spin['spin_ms'], '.2f') + ' ms first (minus it)':44} {spin['p50_ms']:9.3f} "
         f"{spin['p99_ms']:9.3f} {spin['n']:6}",
     ]
+    lat = r["latency"]
+    lines += ["", f"side by side, {lat['rounds']} rounds × {lat['n_per_round']} (load avg per round "
+              f"{lat['loadavg_per_round']}; pooled, then each round's p50)"]
+    for t, x in lat["inprocess"].items():
+        lines.append(f"{'in-process run(), ' + t + ' thread(s)':44} {x['p50_ms']:9.3f} {x['p99_ms']:9.3f} {x['n']:6}"
+                     f"   {x['round_p50_ms']}")
     for label in ("ipc", "tcp"):
-        run = r[f"edged_{label}"]["latency"]
+        fl = lat[f"floor_{label}"]
+        lines.append(f"{'floor server ' + label + ' (' + str(lat['floor_threads']) + ' threads)':44} "
+                     f"{fl['client']['p50_ms']:9.3f} {fl['client']['p99_ms']:9.3f} {fl['client']['n']:6}"
+                     f"   {fl['round_p50_ms']}")
+        run = lat[f"edged_{label}"]
         lines.append(f"{'edged ' + label + ' predict (client round trip)':44} {run['client']['p50_ms']:9.3f} "
-                     f"{run['client']['p99_ms']:9.3f} {run['client']['n']:6}")
+                     f"{run['client']['p99_ms']:9.3f} {run['client']['n']:6}   {run['round_p50_ms']}")
         lines.append(f"{'  daemon total_us / invoke_us (' + label + ')':44} {run['daemon_total']['p50_ms']:9.3f} "
-                     f"{run['daemon_total']['p99_ms']:9.3f}   invoke p50 {run['daemon_invoke']['p50_ms']:.3f}")
+                     f"{run['daemon_total']['p99_ms']:9.3f}   invoke p50 {run['daemon_invoke']['p50_ms']:.3f}, "
+                     f"threads {run['threads']}")
     lines += ["", f"{'throughput (req/s)':44} {'c=1':>9} {'c=2':>9} {'c=4':>9}",
-              f"{'in-process, ' + str(ip['throughput_threads']) + ' threads × own interpreter':44} "
+              f"{'in-process, ' + str(ip['throughput_threads']) + ' threads × own 1-thread interp.':44} "
               f"{'':9} {ip['throughput_rps']:9.1f}   best of windows {ip['throughput_windows_rps']}"]
     for label in ("ipc", "tcp"):
         t = {x["concurrency"]: x for x in r[f"edged_{label}"]["throughput"]}
@@ -782,24 +941,35 @@ def scratch(prefix: str, keep: bool) -> Iterator[tuple[Path, list[DaemonRun]]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from edged import config as config_mod
     from edged.repository.pack import pack
     from edged.runtime.backends import select_backend
+    from edged.runtime.model import LoadedModel, LoadSpec
     from edged.testing.tflite_build import mobilenet_class_model
 
     quick = args.quick
     n_lat = 300 if quick else 2000
     n_inproc = 300 if quick else 2000
+    rounds = args.rounds or (2 if quick else 3)
+    n_round = 200 if quick else 500
     tput_s = 3.0 if quick else 10.0
     idle_s = 5.0 if quick else 30.0
     starts = 1 if quick else 3
-    workers = args.workers
+    # What the daemon will choose by itself (or --workers): the in-process floors use as much.
+    cores, memory = config_mod.machine()
+    eff = config_mod.Config()
+    eff.server.workers = args.workers or 0
+    config_mod.derive_parallelism(eff, cores, memory)
+    workers, solo = eff.server.workers, eff.runtime.solo_threads
     backend = select_backend(args.runtime)
-    result: dict[str, Any] = {"quick": quick, "workers": workers, "runtime": backend.describe(),
+    result: dict[str, Any] = {"quick": quick, "workers": workers, "solo_threads": solo, "cores": cores,
+                              "workers_from": "--workers" if args.workers else "daemon default (auto)",
+                              "runtime": backend.describe(),
                               "command": " ".join([Path(sys.executable).name, "scripts/bench.py", *sys.argv[1:]]),
                               "machine": machine_facts(backend.describe())}
     env = bench_env()
     with scratch("edged-bench-", args.keep) as (workdir, daemons):
-        (workdir / "edged.toml").write_text(f"[server]\nworkers = {workers}\n")
+        (workdir / "edged.toml").write_text("# the daemon's defaults\n")
         log(f"building the MobileNet-class model in {workdir}")
         t0 = time.monotonic()
         src1, src2 = workdir / "bench-v1.tflite", workdir / "bench-v2.tflite"
@@ -812,8 +982,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     created_by={"command": "scripts/bench.py", "seed": 0})
         result["model"] = {"size_bytes": src1.stat().st_size, "build_and_pack_s": round(time.monotonic() - t0, 2)}
 
-        log("in-process floor")
+        log(f"in-process floor ({workers} × 1-thread interpreters)")
         result["inprocess"] = measure_inprocess(vdir, args.runtime, workers, n_inproc, tput_s)
+        by_threads = {t: LoadedModel.load(LoadSpec(name="bench", version="v1", path=vdir, backend=backend,
+                                                   delegate="auto", workers=1, num_threads=t))
+                      for t in range(1, cores + 1)}
 
         log("bare zmq echo over ipc")
         result["echo_full"] = measure_echo(f"ipc://{workdir}/echo.sock", env, "full", n_lat)
@@ -825,7 +998,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("bare process RSS")
         bare = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--role", "bare",
                                json.dumps({"model": str(vdir / "model.tflite"), "runtime": args.runtime,
-                                           "workers": workers})],
+                                           "workers": workers, "solo_threads": solo})],
                               capture_output=True, text=True, env=env, timeout=120, check=True)
         b = json.loads(bare.stdout)
 
@@ -834,7 +1007,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         d = None
         for i in range(starts):
             log(f"daemon start {i + 1}/{starts} (ipc)")
-            d = start_daemon(daemons, repo, ipc_ep, ctl_ep, workdir, args.runtime, workers, env, f"ipc{i}")
+            d = start_daemon(daemons, repo, ipc_ep, ctl_ep, workdir, args.runtime, args.workers, env, f"ipc{i}")
             ready.append(d.ready_s)
             got = d.logged_ms(r"ready in (\d+) ms")
             logged.append(got[-1] if got else float("nan"))
@@ -843,44 +1016,72 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         assert d is not None
         result["ready"] = {"ready_s": [round(v, 3) for v in ready], "logged_ready_ms": logged,
                            "ready_s_median": float(np.median(ready)), "logged_ready_ms_median": float(np.median(logged))}
+        parallelism = re.findall(r"parallelism: (.*)", d.log_text())
+        result["daemon_parallelism"] = parallelism[-1] if parallelism else None
         import psutil
 
         time.sleep(1.0)
         rss_load = psutil.Process(d.proc.pid).memory_info().rss
-        log("edged over ipc: sequential latency")
-        ipc: dict[str, Any] = {"latency": sequential_latency(ipc_ep, n_lat), "throughput": []}
+
+        port = free_port()
+        tcp_ep = f"tcp://127.0.0.1:{port}"
+        log(f"edged over {tcp_ep}")
+        dt = start_daemon(daemons, repo, tcp_ep, f"ipc://{workdir}/c2.sock", workdir, args.runtime, args.workers, env,
+                          "tcp")
+        floor_threads = solo if solo > 1 else 1
+        floor_eps = {"floor_ipc": f"ipc://{workdir}/floor.sock", "floor_tcp": f"tcp://127.0.0.1:{free_port()}"}
+        floors = [spawn_role("floor", {"endpoint": ep, "model": str(vdir / "model.tflite"), "runtime": args.runtime,
+                                       "threads": floor_threads}, env, stdout=subprocess.PIPE)
+                  for ep in floor_eps.values()]
+        try:
+            for f in floors:
+                assert f.stdout is not None
+                if f.stdout.readline().strip() != b"ready":
+                    raise RuntimeError("the floor server did not start")
+            log(f"latency: {rounds} rounds of in-process 1..{cores} threads, floor and edged over ipc and tcp")
+            lat = latency_rounds(by_threads, {"floor_ipc": floor_eps["floor_ipc"], "edged_ipc": ipc_ep,
+                                              "floor_tcp": floor_eps["floor_tcp"], "edged_tcp": tcp_ep},
+                                 rounds, n_round)
+        finally:
+            for f in floors:
+                f.kill()
+                f.wait(10)
+        lat["floor_threads"] = floor_threads
+        result["latency"] = lat
+        del by_threads
+
+        tcp: dict[str, Any] = {"endpoint": tcp_ep, "latency": lat["edged_tcp"], "throughput": []}
+        for c in (1, 2, 4):
+            log(f"edged over tcp: throughput, concurrency {c}")
+            tcp["throughput"].append(throughput(tcp_ep, env, c, tput_s))
+        result["edged_tcp"] = tcp
+        dt.stop()
+        log("in-process throughput again (interleaved with the edged windows)")
+        more_inprocess_windows(result["inprocess"], workers, tput_s)
+
+        ipc: dict[str, Any] = {"latency": lat["edged_ipc"], "throughput": []}
         for c in (1, 2, 4):
             log(f"edged over ipc: throughput, concurrency {c}")
             ipc["throughput"].append(throughput(ipc_ep, env, c, tput_s))
-        log("in-process throughput again (interleaved with the edged windows)")
         more_inprocess_windows(result["inprocess"], workers, tput_s)
+        del result["inprocess"]["_model"]  # release the interpreters before the swap test
         result["edged_ipc"] = ipc
         rss_traffic = psutil.Process(d.proc.pid).memory_info().rss
+        mb = 2**20
         result["rss"] = {
-            "daemon_after_load_mb": round(rss_load / 2**20, 1), "daemon_after_traffic_mb": round(rss_traffic / 2**20, 1),
-            "bare_imports_mb": round(b["rss_imported"] / 2**20, 1), "bare_loaded_mb": round(b["rss_loaded"] / 2**20, 1),
-            "model_footprint_mb": round((b["rss_loaded"] - b["rss_imported"]) / 2**20, 1),
-            "bare_interpreters": workers,
+            "daemon_after_load_mb": round(rss_load / mb, 1), "daemon_after_traffic_mb": round(rss_traffic / mb, 1),
+            "bare_imports_mb": round(b["rss_imported"] / mb, 1), "bare_loaded_mb": round(b["rss_loaded"] / mb, 1),
+            "model_footprint_mb": round((b["rss_loaded"] - b["rss_imported"]) / mb, 1),
+            "pool_interpreters_mb": round((b["rss_pool"] - b["rss_imported"]) / mb, 1),
+            "solo_interpreter_mb": round((b["rss_loaded"] - b["rss_pool"]) / mb, 1),
+            "bare_interpreters": workers, "bare_solo_threads": solo,
         }
         log(f"idle CPU over {idle_s:.0f} s")
         result["idle_cpu"] = idle_cpu(d.proc.pid, idle_s)
         d.stop()
 
-        port = free_port()
-        tcp_ep = f"tcp://127.0.0.1:{port}"
-        log(f"edged over {tcp_ep}")
-        d = start_daemon(daemons, repo, tcp_ep, f"ipc://{workdir}/c2.sock", workdir, args.runtime, workers, env, "tcp")
-        tcp: dict[str, Any] = {"endpoint": tcp_ep, "latency": sequential_latency(tcp_ep, n_lat), "throughput": []}
-        for c in (1, 2, 4):
-            log(f"edged over tcp: throughput, concurrency {c}")
-            tcp["throughput"].append(throughput(tcp_ep, env, c, tput_s))
-        more_inprocess_windows(result["inprocess"], workers, tput_s)
-        del result["inprocess"]["_model"]  # release the interpreters before the swap test
-        result["edged_tcp"] = tcp
-        d.stop()
-
         log("hot swap v1 → v2 under load (ipc)")
-        d = start_daemon(daemons, repo, ipc_ep, ctl_ep, workdir, args.runtime, workers, env, "swap")
+        d = start_daemon(daemons, repo, ipc_ep, ctl_ep, workdir, args.runtime, args.workers, env, "swap")
         result["swap"] = measure_swaps(d, repo, [src2, src1], golden, env, workdir, args.runtime,
                                        3.0 if quick else 4.0, 1 if quick else 5)
         d.stop()
@@ -894,7 +1095,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer samples, 3 s windows, 5 s idle CPU (not for the record)")
     p.add_argument("--out", type=Path, help="also write every figure as JSON here")
     p.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "tensorflow"])
-    p.add_argument("--workers", type=int, default=2, help="daemon workers = in-process interpreters (default 2)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="daemon workers = in-process interpreters (default: the daemon's own choice)")
+    p.add_argument("--rounds", type=int, default=0, help="latency rounds (default 3; --quick 2)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (daemon logs)")
     p.add_argument("--role", help=argparse.SUPPRESS)
     p.add_argument("role_args", nargs="?", help=argparse.SUPPRESS)

@@ -119,6 +119,10 @@ class Client:
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
+            unsafe = protocol.unsafe_ipc_directory(self.endpoint)
+            if unsafe:
+                # Whoever could replace the socket could answer in the daemon's place.
+                raise TransportError(f"refusing to connect to {self.endpoint}: {unsafe}", code=ErrorCode.CONFIG_INVALID)
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             if is_tcp(self.endpoint):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -172,3 +174,51 @@ def encode(header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> list[An
 
 def error_header(request_id: Any, op: Any, error: dict[str, Any]) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": request_id, "op": op, "ok": False, "error": error}
+
+
+def unsafe_ipc_directory(endpoint: str, owner: int | None = None) -> str | None:
+    """Why the directory of an ``ipc://`` endpoint is not safe to use, or None.
+
+    Whoever can write to the directory of a socket can replace the socket and answer
+    in the daemon's place (forged predictions) or receive the requests.  So the
+    directory must be writable by its owner only (no group or other write bit,
+    sticky or not), and its owner must be trusted:
+
+    * ``owner`` given (the daemon: its own uid): the directory must belong to it;
+    * ``owner`` None (a client): root or the caller, or a directory given out by
+      root in a root-only parent (systemd's ``/run/edged``, owned by the service user).
+
+    A symlinked directory is judged by its target, and the link itself must belong
+    to a trusted user too.  Not an ipc endpoint, an abstract socket (``@name``) or a
+    directory that does not exist yet (the daemon creates it) is None.
+    """
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return None
+    directory = os.path.dirname(os.path.abspath(endpoint[len("ipc://"):]))
+    trusted = {0, os.geteuid()} if owner is None else {owner}
+    try:
+        link = os.lstat(directory)
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot check its directory {directory}: {exc.strerror}"
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in trusted:
+        return f"its directory {directory} is a symlink owned by uid {link.st_uid}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return (f"its directory {directory} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                f"anyone could replace the socket")
+    if st.st_uid in trusted:
+        return None
+    if owner is None:
+        try:
+            parent = os.stat(os.path.dirname(directory))
+        except OSError:
+            parent = None
+        if parent is not None and parent.st_uid == 0 and not parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None  # root made it and gave it to its owner (RuntimeDirectory=)
+        return (f"its directory {directory} belongs to uid {st.st_uid}, neither root nor this user, "
+                f"and not given out by root (its parent is not a root-only directory)")
+    return f"its directory {directory} belongs to uid {st.st_uid}, not to this user (uid {owner})"

@@ -35,11 +35,13 @@ from edged.errors import (
     Throttled,
 )
 from edged.repository.manager import ModelManager
+from edged.repository.state import STATE_DIR
 from edged.repository.watcher import RepositoryWatcher
 from edged.runtime.backends import select_backend
 from edged.seams import Clock
 from edged.server.auth import AllowedKeys, start_authenticator
 from edged.server.dispatch import Request, dispatch, encode_reply, error_reply
+from edged.server.instance import REPOSITORY_LOCK, RUNTIME_LOCK, InstanceLock
 from edged.server.metrics import Stats, prometheus_text, serve_metrics
 from edged.server.notify import Notifier, WatchdogGate
 from edged.server.powerctl import PowerController
@@ -112,6 +114,7 @@ class Daemon:
         self._request_seq = itertools.count(1)
         self.auth: Any = None  # the ZAP ThreadAuthenticator when CURVE is on
         self.allowed_keys: AllowedKeys | None = None
+        self.instance = InstanceLock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -119,6 +122,7 @@ class Daemon:
         """Load models, bind sockets, start workers.  Raises EdgedError on failure."""
         cfg = self.config
         t0 = time.monotonic()
+        self._claim()  # before anything touches a socket path or the repository's state
         self.backend = select_backend(cfg.runtime.backend)
         log.info("edged %s starting: runtime %s, delegate %s, config %s", edged.__version__,
                  self.backend.describe(), cfg.runtime.delegate, cfg.source)
@@ -177,6 +181,41 @@ class Daemon:
         log.info("ready in %.0f ms: predict %s, control %s, models %s, profile %s",
                  (time.monotonic() - t0) * 1000, cfg.endpoint, cfg.control_endpoint,
                  ", ".join(f"{m['model']}/{m['version']}" for m in self.models.describe()) or "none", self.profile)
+
+    def _claim(self) -> None:
+        """Check every socket directory, then lock it and the repository (edged.server.instance).
+
+        Raises :class:`EdgedError`: ``CONFIG_INVALID`` for a socket directory another
+        user owns or can write (they could replace the sockets and forge replies),
+        ``INVALID_STATE`` when another edged holds a lock.  Either way nothing was
+        changed but the creation of missing directories and lock files.
+        """
+        cfg = self.config
+        endpoints = [("predict", cfg.endpoint), ("control", cfg.control_endpoint), ("events", cfg.events_endpoint)]
+        dirs: list[Path] = []
+        for name, endpoint in endpoints:
+            if not endpoint or not endpoint.startswith("ipc://"):
+                continue
+            directory = Path(endpoint[len("ipc://"):]).parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+            except OSError as exc:
+                raise EdgedError(f"cannot create the directory of {name} endpoint {endpoint}: {exc}",
+                                 code=ErrorCode.CONFIG_INVALID) from None
+            reason = protocol.unsafe_ipc_directory(endpoint, os.geteuid())
+            if reason:
+                raise EdgedError(f"refusing {name} endpoint {endpoint}: {reason}; use a directory only this user "
+                                 f"can write", code=ErrorCode.CONFIG_INVALID)
+            if directory not in dirs:
+                dirs.append(directory)
+        for directory in dirs:
+            self.instance.acquire(directory / RUNTIME_LOCK, f"runtime directory {directory}")
+        state_dir = self.config.models_path / STATE_DIR
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgedError(f"cannot create {state_dir}: {exc.strerror}", code=ErrorCode.CONFIG_INVALID) from None
+        self.instance.acquire(state_dir / REPOSITORY_LOCK, f"repository {self.config.models_path}")
 
     def _bind(self, name: str, endpoint: str, mode: int, kind: int = zmq.ROUTER) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -342,6 +381,7 @@ class Daemon:
             steps.append(("sockets", lambda: self.ctx.destroy(linger=0)))  # closes every socket, never waits
         for path in self._ipc_files:
             steps.append((str(path), lambda path=path: path.unlink(missing_ok=True)))
+        steps.append(("locks", self.instance.close))
         for what, step in steps:
             try:
                 step()
@@ -384,6 +424,7 @@ class Daemon:
                 pass
         self._wake_r.close()
         self._wake_w.close()
+        self.instance.close()  # last: a successor may start once our socket files are gone
         self.state = DaemonState.STOPPED
         log.info("stopped")
 

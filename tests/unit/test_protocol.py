@@ -95,3 +95,31 @@ def test_parse_header_caps_nesting_depth():
         with pytest.raises(RequestError, match="nests deeper") as info:
             protocol.parse_header(deep.encode(), max_bytes=1 << 20)
         assert info.value.code is ErrorCode.TOO_LARGE
+
+
+def test_ipc_directory_checks(tmp_path):
+    import os
+
+    from edged.protocol import unsafe_ipc_directory
+
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    assert unsafe_ipc_directory(f"ipc://{mine}/s.sock") is None
+    assert unsafe_ipc_directory(f"ipc://{mine}/s.sock", os.geteuid()) is None
+    assert unsafe_ipc_directory("tcp://127.0.0.1:5555") is None
+    assert unsafe_ipc_directory(f"ipc://{tmp_path}/missing/s.sock") is None  # the daemon creates it
+    os.chmod(mine, 0o775)
+    assert "writable by others" in unsafe_ipc_directory(f"ipc://{mine}/s.sock")
+    if os.geteuid() == 0:  # a directory another user owns needs chown
+        given = tmp_path / "run"
+        given.mkdir(mode=0o755)
+        os.chown(given, 65534, 65534)
+        # Client: root made it in a root-only parent and gave it away (systemd's RuntimeDirectory=).
+        assert os.stat(tmp_path).st_uid == 0 and not os.stat(tmp_path).st_mode & 0o022
+        assert unsafe_ipc_directory(f"ipc://{given}/s.sock") is None
+        # Daemon: not its own.
+        assert "belongs to uid 65534" in unsafe_ipc_directory(f"ipc://{given}/s.sock", os.geteuid())
+        link = tmp_path / "link"
+        link.symlink_to(given)
+        os.lchown(link, 65534, 65534)
+        assert "symlink owned by uid 65534" in unsafe_ipc_directory(f"ipc://{link}/s.sock")

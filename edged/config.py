@@ -112,6 +112,8 @@ class ProbationConfig:
     #: The p95 ratio only counts when the new p95 is also this much slower in absolute
     #: terms: sub-millisecond models jitter by several x under load.
     min_p95_delta_ms: float = 1.0
+    #: Daemon runs holding the version on probation that may end uncleanly (no clean-stop
+    #: record: kill -9, OOM, power loss, a crash); the tries-th such end marks it bad.
     tries: int = 1
     #: Live accuracy from application feedback (``feedback`` op) judges a version only
     #: after this many reports on it...
@@ -120,6 +122,10 @@ class ProbationConfig:
     #: (absolute, 0.05 = five points; the previous version's manifest accuracy is the
     #: baseline while it has too little feedback of its own).
     max_accuracy_drop: float = 0.05
+    #: Longest probation (counted from this run's swap or boot, at least ``seconds``): then
+    #: the version is judged on whatever traffic it saw, none included, and committed if it
+    #: crossed no threshold.  0 = wait for ``requests`` however long that takes.
+    max_seconds: float = 3600.0
 
 
 @dataclass
@@ -290,6 +296,7 @@ _NON_NEGATIVE = {
     "server.workers", "server.grace_period_s", "runtime.num_threads", "runtime.solo_threads", "repository.settle_s", "probation.seconds",
     "probation.requests", "probation.max_error_rate", "probation.max_nonfinite_rate", "probation.max_p95_ratio",
     "probation.min_p95_delta_ms", "update.max_rate_kbps", "update.retries", "probation.min_feedback",
+    "probation.max_seconds",
 }
 
 

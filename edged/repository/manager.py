@@ -4,10 +4,11 @@ The :class:`ModelManager` is the server's only view of the repository.
 
 * **Start** – each model is served at its committed version (from the state
   file), else its ``current`` link, else its highest version.  A version left on
-  probation by a process that died is counted as a failed attempt (the boot
-  counter); past ``probation.tries`` it is marked bad and the last committed
-  version serves instead, so a model that crashes the runtime cannot cause a
-  crash loop.  A version that fails to load is reported and the next older one
+  probation by a run that ended without a clean-shutdown record (kill -9, OOM,
+  power loss, a crash) uses up a try (the boot counter); at ``probation.tries``
+  such ends it is marked bad and the last committed version serves instead, so
+  a model that crashes the runtime cannot cause a crash loop.  A clean stop
+  (SIGTERM, ``ctl quit``, a reboot) resumes the probation without counting.  A version that fails to load is reported and the next older one
   tried, so one bad file never takes the daemon down.
 * **Scan** – on start, on file events (debounced) and on reload, every version
   directory is classified (complete, incomplete, bad, rejected …).  With
@@ -104,11 +105,15 @@ class ProbationTracker:
                                     f"{drop * 100:.1f} points under the previous version's "
                                     f"{self.baseline_accuracy:.1%} (limit {p.max_accuracy_drop * 100:.1f})")
         n = self.requests
-        # Judge rates only on a minimum sample, so one unlucky request cannot roll back.
+        elapsed = now - self.started
+        timed_out = p.max_seconds > 0 and elapsed >= max(p.seconds, p.max_seconds)
+        # Judge rates only on a minimum sample, so one unlucky request cannot roll back;
+        # at the time limit on whatever was seen, as it is the last chance to judge them.
         min_samples = max(1, min(p.requests, 20)) if p.requests else 20
-        if n >= min_samples and self.errors / n > p.max_error_rate:
+        rate_samples = 1 if timed_out else min_samples
+        if n >= rate_samples and self.errors / n > p.max_error_rate:
             return "rollback", f"error rate {self.errors}/{n} over {p.max_error_rate:.2%}"
-        if self.judged >= min_samples and self.nonfinite / self.judged > p.max_nonfinite_rate:
+        if self.judged >= rate_samples and self.nonfinite / self.judged > p.max_nonfinite_rate:
             return "rollback", (f"non-finite outputs in {self.nonfinite}/{self.judged} requests with finite inputs "
                                 f"over {p.max_nonfinite_rate:.2%}")
         if self.baseline_p95_us and len(self.latencies) >= min_samples:
@@ -117,8 +122,11 @@ class ProbationTracker:
             if ratio > p.max_p95_ratio and p95 - self.baseline_p95_us > p.min_p95_delta_ms * 1000:
                 return "rollback", (f"p95 invoke latency {p95:.0f}us is {ratio:.1f}x the previous version's "
                                     f"{self.baseline_p95_us:.0f}us (limit {p.max_p95_ratio}x)")
-        if now - self.started >= p.seconds and n >= p.requests:
-            return "commit", f"{n} requests over {now - self.started:.0f}s within thresholds"
+        if elapsed >= p.seconds and n >= p.requests:
+            return "commit", f"{n} requests over {elapsed:.0f}s within thresholds"
+        if timed_out:
+            return "commit", (f"{n} of {p.requests} requests in {elapsed:.0f}s within thresholds; "
+                              f"probation ended by time (probation.max_seconds = {p.max_seconds:g})")
         return "wait", ""
 
 
@@ -223,8 +231,17 @@ class ModelManager:
         preferred: str | None = None
         if st.probation is not None:
             prob = st.probation
-            if prob.attempts >= policy.probation.tries:
-                why = f"daemon stopped during probation ({prob.attempts} attempt(s)); crash or kill suspected"
+            if prob.clean_stop:
+                # The last run stopped cleanly (SIGTERM, ctl quit, a reboot): not a try used up.
+                # The record is used up now, so a crash of this run counts.
+                prob.clean_stop = False
+                self.state.update(name, probation=prob)
+                preferred = prob.version
+                log.info("%s/%s: resuming probation after a clean stop (unclean ends so far: %d, tries %d)",
+                         name, prob.version, prob.attempts - 1, policy.probation.tries)
+            elif prob.attempts >= policy.probation.tries:
+                why = (f"daemon ended uncleanly during probation {prob.attempts} time(s) (no clean-shutdown record: "
+                       f"crash, kill -9, OOM or power loss); probation.tries = {policy.probation.tries}")
                 log.error("%s/%s: %s; serving the last committed version", name, prob.version, why)
                 self.state.mark_bad(name, prob.version, why)
                 self.state.update(name, probation=None)
@@ -235,8 +252,8 @@ class ModelManager:
                 prob.attempts += 1
                 self.state.update(name, probation=prob)
                 preferred = prob.version
-                log.warning("%s/%s: resuming probation, attempt %d of %d", name, prob.version, prob.attempts,
-                            policy.probation.tries)
+                log.warning("%s/%s: resuming probation after an unclean end (%d of %d tries used)", name,
+                            prob.version, prob.attempts - 1, policy.probation.tries)
         if preferred is None:
             preferred = st.pinned or st.committed or layout.current_link(model_dir)
         bad = self.state.get(name).bad
@@ -273,12 +290,30 @@ class ModelManager:
         if layout.current_link(model_dir) != m.version:
             layout.set_current(model_dir, m.version)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the swap thread; one still validating after ``timeout`` is abandoned (daemon thread)."""
-        if self._thread is not None:
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the swap thread; one still validating after ``timeout`` is abandoned (daemon thread).
+
+        Returns False when it had to be abandoned.
+        """
+        thread, self._thread = self._thread, None
+        if thread is not None:
             self._ops.put(None)
-            self._thread.join(timeout=timeout)
-            self._thread = None
+            thread.join(timeout=timeout)
+            return not thread.is_alive()
+        return True
+
+    def record_clean_stop(self) -> None:
+        """Write the clean-shutdown record into every probation record (the daemon stops in order).
+
+        The boot counter counts only runs that ended without one (kill -9, OOM, power
+        loss, a crash): a version on probation must not be condemned by ``systemctl
+        restart`` or a nightly reboot.
+        """
+        for name in list(self.slots):
+            prob = self.state.get(name).probation
+            if prob is not None and not prob.clean_stop:
+                prob.clean_stop = True
+                self.state.update(name, probation=prob)
 
     # -- lookups -----------------------------------------------------------------------------
 

@@ -35,6 +35,9 @@ class Probation:
     #: judges latency against it.
     baseline_p95_us: float | None = None
     baseline_variant: str = "full"  # the variant that baseline was measured on
+    #: The clean-shutdown record: the run holding this probation stopped in order. The next
+    #: boot clears it; a run that ends without writing it (a crash) uses up a try.
+    clean_stop: bool = False
 
 
 @dataclass

@@ -375,6 +375,8 @@ class Daemon:
             steps.append(("scheduler", self.scheduler.close))
         if hasattr(self, "models"):
             steps.append(("models", lambda: self.models.close(timeout=_JOIN_S)))
+            # Startup failed in order (a port in use...): no model crashed it.
+            steps.append(("clean-stop record", self.models.record_clean_stop))
         if self.auth is not None:
             steps.append(("authenticator", self.auth.stop))
         if hasattr(self, "ctx"):
@@ -404,11 +406,15 @@ class Daemon:
         if self.workers is not None:
             self.workers.close()
         self.scheduler.close()
-        self.models.close(timeout=_JOIN_S)
+        swapper_done = self.models.close(timeout=_JOIN_S)
         # Workers that are not stuck in invoke() exit at once; a stuck one is
         # abandoned (daemon thread) so the stop stays within TimeoutStopSec.
         if self.workers is not None:
             self.workers.join(_JOIN_S, time.monotonic)
+        if swapper_done and (self.workers is None or self.workers.alive() == 0):
+            self.models.record_clean_stop()  # the boot counter counts only unclean ends
+        else:
+            log.warning("not a clean stop for the boot counter: a worker or the swap thread did not finish")
         self._flush_outbox()
         self._send_events()
         for sock in (self.predict_sock, self.control_sock, self.events_sock):

@@ -334,3 +334,38 @@ def test_keep_previous_keeps_the_old_version_loaded_for_rollback(daemon_factory,
         r = d.cli("ctl", "rollback", "--json")
         assert r.returncode == 0, r.stderr
         assert c.predict(DARK).version == "v1"
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "ctl quit"])
+def test_a_clean_stop_during_probation_is_not_a_crash(daemon_factory, mrepo, tmp_path, how):
+    # tries = 1 (the default): one unclean end marks the version bad; a clean one must not.
+    cfg = config(tmp_path)
+    d = daemon_factory(mrepo, "--config", str(cfg))
+    publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    with d.client() as c:
+        wait_until(lambda: c.predict(DARK).version == "v2", "v2 on probation", daemon=d)
+    if how == "SIGTERM":  # systemctl stop/restart, a reboot
+        assert d.stop() == 0
+    else:
+        assert d.cli("ctl", "quit").returncode == 0
+        assert d.stop(sig=None) == 0
+    d2 = daemon_factory(mrepo, "--config", str(cfg))
+    with d2.client() as c:
+        assert c.predict(DARK).version == "v2"
+    assert state_of(d2, "v2")["state"] == "probation"
+    assert "resuming probation after a clean stop" in d2.log()
+    # The clean-stop record is used up by the restart: a crash now still counts.
+    d2.proc.kill()
+    d2.proc.wait(30)
+    d3 = daemon_factory(mrepo, "--config", str(cfg))
+    with d3.client() as c:
+        assert c.predict(DARK).version == "v1"
+    assert state_of(d3, "v2")["state"] == "bad"
+
+
+def test_a_probation_that_sees_no_traffic_ends_by_time(daemon_factory, mrepo, tmp_path):
+    d = daemon_factory(mrepo, "--config", str(config(tmp_path, seconds=0, max_seconds=1)))
+    publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    wait_until(lambda: state_of(d, "v2")["state"] == "serving" and versions(d)["committed"] == "v2",
+               "v2 committed without traffic", daemon=d)
+    assert "committed" in d.log() and "max_seconds" in d.log()

@@ -25,8 +25,36 @@ def test_commit_needs_both_time_and_requests():
         t.record(True, False, 100)
     assert t.verdict(now=59.0)[0] == "wait"
     assert t.verdict(now=60.0)[0] == "commit"
-    idle = tracker(seconds=60, requests=10)
-    assert idle.verdict(now=3600.0)[0] == "wait"  # never exercised: not proven
+    idle = tracker(seconds=60, requests=10, max_seconds=0)
+    assert idle.verdict(now=1e9)[0] == "wait"  # never exercised, and no time limit: not proven
+
+
+def test_a_probation_without_traffic_ends_by_time():
+    idle = tracker(seconds=60, requests=100, max_seconds=600)
+    assert idle.verdict(now=599.0)[0] == "wait"
+    verdict, why = idle.verdict(now=600.0)
+    assert verdict == "commit" and "0 of 100 requests" in why and "max_seconds" in why
+    assert tracker(seconds=900, requests=100, max_seconds=600).verdict(now=600.0)[0] == "wait"  # seconds first
+    assert ProbationConfig().max_seconds > 0  # on by default: a rarely used model does not wait for ever
+
+
+def test_ending_by_time_still_judges_what_little_traffic_there_was():
+    t = tracker(requests=100, max_seconds=600, max_error_rate=0.05)
+    for ok in (True, True, False):
+        t.record(ok, False, 100)
+    assert t.verdict(now=599.0)[0] == "wait"  # 3 requests: too few to judge a rate yet
+    verdict, why = t.verdict(now=600.0)
+    assert verdict == "rollback" and "error rate 1/3" in why
+
+
+def test_probation_max_seconds_is_checked(tmp_path):
+    from edged import config
+    from edged.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="repository.probation.max_seconds"):
+        config.load(None, {"repository.probation.max_seconds": -1})
+    cfg = config.load(None, {"repository.probation.max_seconds": 0})
+    assert cfg.repository.probation.max_seconds == 0.0
 
 
 def test_error_rate_rolls_back_only_on_a_minimum_sample():

@@ -79,6 +79,8 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     max_image_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    #: Pillow formats an image input may be in; no other decoder is ever tried ([] = no images).
+    image_formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG"])
     #: Longest a single invoke() may run before the daemon calls itself unhealthy.
     stuck_invoke_s: float = 30.0
     socket_group: str = ""
@@ -325,6 +327,10 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(key, value, "must be a table")
         return value
+    elif origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, value, "must be a list of strings")
+        return value
     short = ".".join(key.split(".")[-2:]) if ".probation." in key else key
     if short in _POSITIVE and value <= 0:
         raise ConfigError(key, value, "must be > 0")
@@ -357,6 +363,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _validate(config: Config) -> None:
     from edged.power.config import PowerConfig, PowerConfigError  # deferred: power is optional to load
+    from edged.runtime.preprocess import ALLOWED_IMAGE_FORMATS  # deferred: numpy
+
+    formats = [f.upper() for f in config.server.image_formats]
+    if any(f not in ALLOWED_IMAGE_FORMATS for f in formats):
+        raise ConfigError("server.image_formats", config.server.image_formats,
+                          f"each must be one of {', '.join(ALLOWED_IMAGE_FORMATS)}")
+    config.server.image_formats = formats
 
     _load_security(config)
     curve = config.curve is not None

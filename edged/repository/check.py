@@ -14,6 +14,7 @@ The same checks back ``edged validate DIR`` (offline, in-process).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edged import fsafe
 from edged.errors import EdgedError, ErrorCode, ModelError, RetryableError
 from edged.repository import layout
 from edged.runtime.backends import select_backend
@@ -45,8 +47,15 @@ def static_checks(path: Path) -> dict[str, Any] | None:
     """
     from edged.repository.manifest import ManifestError, load_manifest, verify_files
 
-    if not (path / layout.MODEL_FILE).is_file():
-        raise ModelError(f"{path}: no {layout.MODEL_FILE}", code=ErrorCode.VALIDATION_FAILED)
+    try:
+        fsafe.check_regular(path, layout.MODEL_FILE)  # no link, FIFO or device, even unlisted
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no {layout.MODEL_FILE}", code=ErrorCode.VALIDATION_FAILED) from None
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc.message}", code=ErrorCode.VALIDATION_FAILED) from None
+    except OSError as exc:
+        raise ModelError(f"{path}: {layout.MODEL_FILE} unreadable ({exc.strerror})",
+                         code=ErrorCode.VALIDATION_FAILED) from None
     try:
         manifest = load_manifest(path)
     except FileNotFoundError:
@@ -64,6 +73,16 @@ def static_checks(path: Path) -> dict[str, Any] | None:
         raise ModelError(f"{path}: manifest says model {data['name']!r}, directory is {path.parent.name!r}",
                          code=ErrorCode.VALIDATION_FAILED)
     return data
+
+
+def _load_npy(path: Path, rel: str) -> np.ndarray:
+    """A golden sample: a regular file of the version (edged.fsafe), no pickles."""
+    try:
+        return np.load(io.BytesIO(fsafe.read_bytes(path, rel)), allow_pickle=False)
+    except FileNotFoundError:
+        raise ModelError(f"{rel}: golden sample missing", code=ErrorCode.VALIDATION_FAILED) from None
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"{rel}: not a readable .npy file ({exc})", code=ErrorCode.VALIDATION_FAILED) from None
 
 
 def check_min_runtime(manifest: dict[str, Any] | None, backend_name: str, backend_version: str) -> None:
@@ -109,11 +128,11 @@ def run_checks(path: Path, runtime: str = "auto", delegate: str = "auto") -> dic
     if golden:
         for i, g in enumerate(golden):
             inputs = g["input"] if isinstance(g["input"], list) else [g["input"]]
-            arrays = [np.load(path / p, allow_pickle=False) for p in inputs]
+            arrays = [_load_npy(path, p) for p in inputs]
             result = model.run(model.arrange([None] * len(arrays), arrays))
             atol, rtol = float(g.get("atol", 1e-5)), float(g.get("rtol", 1e-5))
             for j, (out, expected_path) in enumerate(zip(result.outputs, g["outputs"])):
-                expected = np.load(path / expected_path, allow_pickle=False)
+                expected = _load_npy(path, expected_path)
                 _finite(out, f"golden {i} output {j}")
                 if out.shape != expected.shape or not np.allclose(out.astype(np.float64), expected.astype(np.float64),
                                                                   atol=atol, rtol=rtol):

@@ -11,7 +11,8 @@ import os
 import re
 from pathlib import Path
 
-from edged.errors import ErrorCode, NotFoundError, RequestError
+from edged import fsafe
+from edged.errors import ErrorCode, ModelError, NotFoundError, RequestError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 VERSION_RE = re.compile(r"^v?(\d{1,9})$")
@@ -87,11 +88,26 @@ def version_dir(root: Path, model: str, version: str) -> Path:
     return path
 
 
+#: One label per line; even 100k classes are far below this.
+MAX_LABELS_BYTES = 16 << 20
+
+
 def read_labels(path: Path) -> list[str] | None:
+    """The labels of a version, None when it has no ``labels.txt``.
+
+    Raises :class:`ModelError` when the file is not a regular file of the version
+    (a symlink, a FIFO...), too large, not UTF-8, or does not read in time (edged.fsafe).
+    """
     try:
-        text = (path / LABELS_FILE).read_text(encoding="utf-8")
+        raw = fsafe.read_bytes(path, LABELS_FILE, max_bytes=MAX_LABELS_BYTES)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ModelError(f"{LABELS_FILE}: unreadable ({exc.strerror})", code=ErrorCode.VALIDATION_FAILED) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelError(f"{LABELS_FILE}: not UTF-8 text", code=ErrorCode.VALIDATION_FAILED) from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

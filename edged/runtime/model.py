@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from edged import fsafe
 from edged.errors import ErrorCode, ModelError, RequestError
 from edged.runtime import delegates as delegates_mod
 from edged.runtime.backends import Backend
-from edged.runtime.preprocess import Preprocessing, decode_image
+from edged.runtime.preprocess import DEFAULT_IMAGE_FORMATS, Preprocessing, decode_image
 
 log = logging.getLogger("edged.runtime")
 
@@ -153,7 +154,8 @@ class LoadedModel:
                                   edgetpu_device=spec.edgetpu_device, edgetpu_library=spec.edgetpu_library)
         while True:
             try:
-                content = plan.model_file.read_bytes()
+                # A regular file of the version, no link, read in bounded time (edged.fsafe).
+                content = fsafe.read_bytes(plan.model_file.parent, plan.model_file.name)
             except OSError as exc:
                 raise ModelError(f"{plan.model_file}: cannot read model: {exc.strerror}") from None
             try:
@@ -263,10 +265,11 @@ class LoadedModel:
                                    code=ErrorCode.BAD_SHAPE)
         return ordered  # type: ignore[return-value]
 
-    def image_input(self, data: bytes | memoryview, index: int, *, max_pixels: int) -> np.ndarray:
+    def image_input(self, data: bytes | memoryview, index: int, *, max_pixels: int,
+                    formats: Sequence[str] = DEFAULT_IMAGE_FORMATS) -> np.ndarray:
         spec = self.inputs[index]
         return decode_image(data, spec.shape, spec.dtype, (spec.scale, spec.zero_point), self.preprocessing,
-                            max_pixels=max_pixels)
+                            max_pixels=max_pixels, formats=formats)
 
     def run(self, inputs: Sequence[np.ndarray], alone: bool = False) -> RunResult:
         """Run one inference on already-arranged inputs; thread-safe.

@@ -18,6 +18,12 @@ import numpy as np
 
 from edged.errors import ErrorCode, RequestError
 
+#: Pillow format names decoded unless ``server.image_formats`` says otherwise.
+DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG")
+#: What ``server.image_formats`` may name: raster formats with Pillow's own decoders.
+#: Never EPS/PS/PDF (Ghostscript runs them) nor formats that read other files.
+ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO", "PPM")
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -73,27 +79,33 @@ def decode_image(
     prep: Preprocessing,
     *,
     max_pixels: int,
+    formats: Sequence[str] = DEFAULT_IMAGE_FORMATS,
 ) -> np.ndarray:
     """Turn encoded image bytes into a tensor of ``shape``/``dtype``.
 
     Raises :class:`RequestError` ``BAD_IMAGE`` when the bytes are not an image
     Pillow can decode, or when the image declares more than ``max_pixels``
     pixels (checked from the header, before decoding, so a decompression bomb
-    never allocates).
+    never allocates), or when it is not in one of ``formats`` (Pillow format names):
+    only those decoders are ever tried, so a request cannot reach the others
+    (EPS would run Ghostscript; GIF, BMP, TIFF, ICO bring their own parsers).
     """
-    from PIL import Image  # imported here: serving tensors never needs Pillow
+    from PIL import Image, UnidentifiedImageError  # imported here: serving tensors never needs Pillow
 
     height, width, channels = _layout(shape)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(bytes(data)))
+            img = Image.open(io.BytesIO(bytes(data)), formats=list(formats))
             w, h = img.size
             if w * h > max_pixels:
                 raise RequestError(f"image is {w}x{h}, over the {max_pixels}-pixel limit", code=ErrorCode.BAD_IMAGE)
             img.load()
     except RequestError:
         raise
+    except UnidentifiedImageError:
+        raise RequestError(f"not an image in an accepted format ({', '.join(formats)}; server.image_formats)",
+                           code=ErrorCode.BAD_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RequestError(f"image refused: {exc}", code=ErrorCode.BAD_IMAGE) from None
     except Exception as exc:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)

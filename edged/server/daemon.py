@@ -70,7 +70,7 @@ class Job:
 #: ``restart_needed`` (sockets, workers, the metrics server and the log format are
 #: set up once; the ZeroMQ message-size cap is a socket option taken at bind).
 _LIVE_SERVER_KEYS = frozenset({"log_level", "grace_period_s", "queue_size", "max_header_bytes", "max_image_bytes",
-                               "max_image_pixels", "stuck_invoke_s"})
+                               "max_image_pixels", "image_formats", "stuck_invoke_s"})
 
 #: Seconds shutdown waits for the worker and swap threads after the grace period.
 _JOIN_S = 2.0
@@ -642,7 +642,8 @@ class Daemon:
                                        code=ErrorCode.TOO_LARGE)
                 if idx >= len(model.inputs):
                     raise RequestError(f"{model.name} has only {len(model.inputs)} input(s)")
-                arrays.append(model.image_input(frame.buffer, idx, max_pixels=self.config.server.max_image_pixels))
+                arrays.append(model.image_input(frame.buffer, idx, max_pixels=self.config.server.max_image_pixels,
+                                                formats=self.config.server.image_formats))
             else:
                 arrays.append(protocol.array_from_frame(meta, frame.buffer, i))
         ordered = model.arrange(names, arrays)

@@ -56,8 +56,12 @@ def snapshot(sockdir: Path, repo: Path) -> dict[str, object]:
 
 def start_second(repo: Path, sockdir: Path, cfg: Path) -> DaemonProcess:
     d = DaemonProcess(repo, sockdir, ["--config", str(cfg)], {})
-    assert d.proc.wait(60) != 0, f"the second daemon started:\n{d.log()}"
-    d.kill()
+    try:
+        assert d.proc.wait(60) != 0, f"the second daemon started:\n{d.log()}"
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the second daemon is still running:\n{d.log()}")
+    finally:
+        d.kill()
     return d
 
 

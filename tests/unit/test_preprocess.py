@@ -57,3 +57,44 @@ def test_bad_manifest_preprocessing_is_named():
         Preprocessing.from_manifest({"std": [0]})
     with pytest.raises(ValueError, match="color"):
         Preprocessing.from_manifest({"color": "CMYK"})
+
+
+def encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+#: A minimal EPS: Pillow's EPS plugin would hand it to Ghostscript.
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n%%EOF\n"
+
+
+@pytest.mark.parametrize("data", [encoded("GIF"), encoded("BMP"), encoded("TIFF"), encoded("ICO"), EPS],
+                         ids=["gif", "bmp", "tiff", "ico", "eps"])
+def test_only_the_configured_formats_are_ever_decoded(data):
+    with pytest.raises(RequestError, match=r"accepted format \(JPEG, PNG") as info:
+        decode_image(data, [1, 4, 4, 1], np.dtype(np.float32), (0.0, 0), Preprocessing(), max_pixels=10**6)
+    assert info.value.code is ErrorCode.BAD_IMAGE
+
+
+def test_jpeg_and_png_by_default_and_others_when_configured():
+    for fmt in ("JPEG", "PNG"):
+        x = decode_image(encoded(fmt), [1, 4, 4, 1], np.dtype(np.float32), (0.0, 0), Preprocessing(), max_pixels=10**6)
+        assert x.shape == (1, 4, 4, 1)
+    x = decode_image(encoded("GIF"), [1, 4, 4, 1], np.dtype(np.float32), (0.0, 0), Preprocessing(),
+                     max_pixels=10**6, formats=["GIF"])
+    assert x.shape == (1, 4, 4, 1)
+    with pytest.raises(RequestError, match="accepted format"):
+        decode_image(encoded("PNG"), [1, 4, 4, 1], np.dtype(np.float32), (0.0, 0), Preprocessing(),
+                     max_pixels=10**6, formats=[])
+
+
+def test_image_formats_config_key(tmp_path):
+    from edged import config
+    from edged.errors import ConfigError
+
+    assert config.load(None).server.image_formats == ["JPEG", "PNG"]
+    assert config.load(None, {"server.image_formats": ["webp", "png"]}).server.image_formats == ["WEBP", "PNG"]
+    for bad in (["EPS"], ["PDF"], "JPEG", [1]):
+        with pytest.raises(ConfigError, match="server.image_formats"):
+            config.load(None, {"server.image_formats": bad})

@@ -176,7 +176,7 @@ class RepositoryConfig:
         )
 
 
-UpdateStrategy = Literal["off", "periodic"]
+UpdateStrategy = Literal["off", "periodic", "conditional", "adaptive"]
 
 
 @dataclass
@@ -201,6 +201,19 @@ class UpdateConfig:
     retries: int = 3
     #: "" = a hash of /etc/machine-id.
     device_id: str = ""
+    # -- conditions: strategy "conditional", and "adaptive" when use_conditions -----------------
+    use_conditions: bool = False  # adaptive: obey the conditions below too
+    require_profile_allows: bool = True  # the power profile's allow_updates
+    min_battery_percent: float = 0.0  # 0 = no battery condition; on AC always passes
+    max_cpu_percent: float = 100.0  # 100 = no CPU condition
+    windows: list[str] = field(default_factory=list)  # local "HH:MM-HH:MM"; [] = any time
+    min_free_disk_factor: float = 2.0  # free space on the repository >= factor x the download
+    metered_interfaces: list[str] = field(default_factory=list)  # default route via one = metered
+    recheck_s: float = 60.0  # while an update is held back, look again at least this often
+    # -- adaptive: the interval halves while a serving version looks unhealthy ([health] thresholds),
+    # doubles while healthy
+    min_interval_s: float = 300.0
+    max_interval_s: float = 86400.0
 
 
 @dataclass
@@ -286,7 +299,8 @@ _POSITIVE = {
     "server.queue_size", "server.tick_s", "server.max_message_bytes",
     "server.max_header_bytes", "server.max_image_bytes", "server.max_image_pixels",
     "server.stuck_invoke_s", "repository.validation_timeout_s", "probation.tries", "frigate.budget_ms",
-    "update.interval_s", "update.timeout_s", "update.max_download_mb",
+    "update.interval_s", "update.timeout_s", "update.max_download_mb", "update.recheck_s",
+    "update.min_interval_s", "update.max_interval_s",
     "health.window", "health.min_samples",
 }
 #: Shares and probabilities: 0..1.
@@ -299,6 +313,7 @@ _NON_NEGATIVE = {
     "probation.requests", "probation.max_error_rate", "probation.max_nonfinite_rate", "probation.max_p95_ratio",
     "probation.min_p95_delta_ms", "update.max_rate_kbps", "update.retries", "probation.min_feedback",
     "probation.max_seconds",
+    "update.min_battery_percent", "update.max_cpu_percent", "update.min_free_disk_factor",
 }
 
 
@@ -410,6 +425,7 @@ def _validate(config: Config) -> None:
 
 
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # named like a model
+_WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
 
 def _validate_update(u: UpdateConfig) -> None:
@@ -426,6 +442,18 @@ def _validate_update(u: UpdateConfig) -> None:
                                                  "(install.sh --update-root FILE)")
     if not _CHANNEL_RE.match(u.channel):
         raise ConfigError("update.channel", u.channel, "letters, digits, '.', '_', '-'")
+    for key in ("windows", "metered_interfaces"):
+        value = getattr(u, key)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"update.{key}", value, "must be a list of strings")
+    for window in u.windows:
+        if not _WINDOW_RE.match(window):
+            raise ConfigError("update.windows", window, 'expected "HH:MM-HH:MM" local time, e.g. "02:00-05:00"')
+    for key in ("max_cpu_percent", "min_battery_percent"):
+        if getattr(u, key) > 100:
+            raise ConfigError(f"update.{key}", getattr(u, key), "must be a percentage <= 100")
+    if u.min_interval_s > u.max_interval_s:
+        raise ConfigError("update.min_interval_s", u.min_interval_s, f"must be <= max_interval_s ({u.max_interval_s})")
 
 
 def _load_security(config: Config) -> None:

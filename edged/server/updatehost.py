@@ -9,11 +9,15 @@ control commands do (copies, never holding a slot across calls).
 
 from __future__ import annotations
 
+import shutil
+from datetime import datetime
 from typing import Any
 
 from edged.errors import EdgedError
 from edged.repository import check, layout
+from edged.update.conditions import Situation, default_route_interface
 from edged.update.decide import LocalModel
+from edged.update.strategy import Health
 
 
 class DaemonUpdateHost:
@@ -54,3 +58,36 @@ class DaemonUpdateHost:
 
     def emit(self, event: dict[str, Any]) -> None:
         self.daemon.publish(event)
+
+    def situation(self) -> Situation:
+        d = self.daemon
+        reading = d.power.reading
+        try:
+            free = shutil.disk_usage(d.models.root).free
+        except OSError:
+            free = None
+        return Situation(allow_updates=bool(d.models.updates_allowed), profile=d.profile,
+                         battery_percent=getattr(reading, "battery_percent", None),
+                         on_ac=getattr(reading, "on_ac", None), cpu_percent=getattr(reading, "cpu_percent", None),
+                         free_bytes=free, interface=default_route_interface(),
+                         local_time=datetime.fromtimestamp(d.clock.time()))
+
+    def health(self) -> Health:
+        """The serving versions judged by the repository's health book ([health] thresholds)."""
+        models = self.daemon.models
+        book = models.health
+        out = Health()
+        for slot in list(models.slots.values()):
+            if slot.serving is None:
+                continue
+            name, version = slot.name, slot.serving.version
+            snap = book.snapshot(name, version)
+            if snap is None:
+                continue
+            out.signals[f"{name}/{version}"] = {k: snap.get(k) for k in
+                                                ("window", "error_rate", "low_confidence_share", "accuracy",
+                                                 "feedback")}
+            if snap.get("window", 0) >= book.limits.min_samples:
+                out.evidence = True
+            out.reasons.extend(f"{name}/{version}: {why}" for why in book.unhealthy_reasons(name, version))
+        return out

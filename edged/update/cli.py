@@ -136,11 +136,15 @@ def _check_text(c: dict[str, Any]) -> str:
 
 
 def _update_status_text(d: dict[str, Any]) -> str:
-    lines = [f"registry {d['url']}  channel {d['channel']}  strategy {d['strategy']}  device {d['device_id']}"]
+    lines = [f"registry {d['url']}  channel {d['channel']}  strategy {d['strategy']}"
+             + (f" (interval {d['interval_s']:g} s)" if d.get("interval_s") else "") + f"  device {d['device_id']}"]
     lines.append("last " + _check_text(d["last_check"]) if d.get("last_check") else "no check yet")
     dl = d.get("download")
     if dl:
         lines.append(f"downloading {dl['model']}/{dl['version']}: {dl['bytes_done']}/{dl['bytes_total']} bytes")
+    for item in d.get("pending") or []:
+        lines.append(f"pending {item['model']}/{item['version']} ({(item.get('bytes') or 0) / 1e6:.1f} MB): "
+                     f"held back by {item.get('held_by')}")
     nxt = d.get("next_check") or {}
     when = "on demand" if nxt.get("in_s") is None else f"in {nxt['in_s']:.0f} s"
     lines.append(f"next check {when}: {nxt.get('why', '')}")

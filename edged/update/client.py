@@ -41,7 +41,7 @@ from edged.config import UpdateConfig
 from edged.repository import layout
 from edged.seams import Clock
 from edged.update.decide import Decision, LocalModel, decide
-from edged.update.fetch import ResumableFetcher, Stopped
+from edged.update.fetch import Paused, ResumableFetcher, Stopped
 from edged.update.registry import INDEX, index_path, target_path
 
 log = logging.getLogger("edged.update")
@@ -170,8 +170,15 @@ class UpdateClient:
 
     def check(self, models: list[LocalModel], *, reason: str,
               may_download: Callable[[Decision], tuple[bool, str]],
-              apply: Callable[[Decision], None], runtime_ok: Callable[[Any], bool]) -> CheckResult:
-        """Refresh metadata and act on every served model; never raises for registry trouble."""
+              apply: Callable[[Decision], None], runtime_ok: Callable[[Any], bool],
+              hold: Callable[[Decision], str | None] = lambda d: None) -> CheckResult:
+        """Refresh metadata and act on every served model; never raises for registry trouble.
+
+        A version found is planned (its signed files and size), then offered to
+        ``may_download``; a refusal leaves it ``pending`` with the reason.  While it
+        downloads, ``hold`` is asked every half second: a reason pauses it
+        (``pending``, the partial file kept for the next try).
+        """
         result = CheckResult(self.clock.time(), reason)
         t0, req0, bytes0 = time.monotonic(), self.fetcher.requests, self.fetcher.bytes
         try:
@@ -184,14 +191,20 @@ class UpdateClient:
                          "version": decision.version, "target": decision.target, "available": decision.available}
                 result.decisions.append(entry)
                 if decision.action == "download":
+                    assert decision.version is not None
+                    infos = self._plan(up, local.name, decision.version)
+                    decision.bytes = entry["bytes"] = sum(i.length for i in infos.values())
                     self.emit({"event": "update-available", "model": local.name, "version": decision.version,
-                               "reason": decision.reason})
+                               "bytes": decision.bytes, "reason": decision.reason})
                     allowed, why = may_download(decision)
                     if not allowed:
-                        entry.update(action="pending", reason=f"{decision.reason}; held back: {why}")
-                        log.info("update %s/%s pending: %s", local.name, decision.version, why)
+                        self._defer(entry, decision, why, paused=False)
                         continue
-                    self._install(up, local.name, decision.version)  # type: ignore[arg-type]
+                    try:
+                        self._install(local.name, decision.version, infos, up, lambda d=decision: hold(d))
+                    except Paused as exc:
+                        self._defer(entry, decision, exc.reason, paused=True)
+                        continue
                     result.installed.append(f"{local.name}/{decision.version}")
                 apply(decision)
         except Stopped:
@@ -208,8 +221,18 @@ class UpdateClient:
             result.duration_s = time.monotonic() - t0
             result.requests = self.fetcher.requests - req0
             result.bytes = self.fetcher.bytes - bytes0
+        self.emit({"event": "update-checked", "reason": reason, "ok": result.ok, "kind": result.kind,
+                   "requests": result.requests, "bytes": result.bytes, "duration_s": round(result.duration_s, 3),
+                   "decisions": {d["model"]: d["action"] for d in result.decisions}})
         return result
 
+    def _defer(self, entry: dict[str, Any], decision: Decision, why: str, *, paused: bool) -> None:
+        what = "paused mid-download" if paused else "held back"
+        entry.update(action="pending", reason=f"{decision.reason}; {what}: {why}", held_by=why)
+        log.info("update %s/%s %s: %s", decision.model, decision.version, what, why)
+        self.emit({"event": "update-deferred", "model": decision.model, "version": decision.version,
+                   "paused": paused, "reason": why, "bytes": decision.bytes,
+                   "bytes_done": self.download["bytes_done"] if self.download else 0})
     def _decide(self, up: Updater, local: LocalModel, runtime_ok: Callable[[Any], bool]) -> Decision:
         info = up.get_targetinfo(index_path(local.name))
         if info is None:
@@ -231,13 +254,10 @@ class UpdateClient:
 
     # -- download and install ------------------------------------------------------------------
 
-    def _install(self, up: Updater, model: str, version: str) -> Path:
-        """Fetch every file of a version into staging, verified, then rename it into the repository."""
+    def _plan(self, up: Updater, model: str, version: str) -> dict[str, TargetFile]:
+        """The signed target of every file of a version (from the index); raises :class:`Refused`."""
         layout.check_name("model", model)
         layout.check_name("version", version)
-        dest = self.root / model / version
-        if dest.exists():
-            return dest
         index = json.loads((self.index_dir / f"{model}.json").read_bytes())
         files = index["versions"][version].get("files")
         if not isinstance(files, list) or layout.MANIFEST_FILE not in files:
@@ -254,6 +274,15 @@ class UpdateClient:
         if total > self.cfg.max_download_mb * 1e6:
             raise Refused(f"{model}/{version} is {total / 1e6:.1f} MB, over max_download_mb "
                           f"{self.cfg.max_download_mb:g}", "too-large")
+        return infos
+
+    def _install(self, model: str, version: str, infos: dict[str, TargetFile], up: Updater,
+                 gate: Callable[[], str | None]) -> Path:
+        """Fetch every file of a version into staging, verified, then rename it into the repository."""
+        dest = self.root / model / version
+        if dest.exists():
+            return dest
+        total = sum(i.length for i in infos.values())
         stage = self.staging / model / version
         stage.mkdir(parents=True, exist_ok=True)
         done = 0
@@ -268,7 +297,7 @@ class UpdateClient:
                     self._progress(model, version, base + n, total)
 
                 try:
-                    with self.fetcher.resume_into(part, progress):
+                    with self.fetcher.resume_into(part, progress, gate):
                         up.download_target(info, str(final))
                 except (exceptions.LengthOrHashMismatchError, exceptions.DownloadLengthMismatchError):
                     # These bytes will never verify: start the file over next time.

@@ -43,6 +43,7 @@ class Decision:
     target: str | None = None  # withdraw: the version to go back to
     mark_bad: dict[str, str] = field(default_factory=dict)  # withdrawn versions on disk, not serving
     available: list[dict[str, Any]] = field(default_factory=list)
+    bytes: int = 0  # download: the size of the version's files (set once the client has planned it)
 
 
 def _num(version: str | None) -> int:

@@ -48,6 +48,18 @@ class Stopped(exceptions.DownloadError):
     """The service is shutting down; the partial file is kept for the next start."""
 
 
+class Paused(Stopped):
+    """The strategy's conditions stopped holding mid-transfer; the partial file is kept to resume."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: Seconds between two questions to the strategy's ``hold`` during a transfer.
+GATE_EVERY_S = 0.5
+
+
 class ResumableFetcher(FetcherInterface):
     def __init__(self, *, timeout_s: float, retries: int = 3, max_rate_kbps: float = 0.0,
                  stop: threading.Event | None = None) -> None:
@@ -60,6 +72,8 @@ class ResumableFetcher(FetcherInterface):
         self.bytes = 0
         self._part: Path | None = None
         self._progress: Callable[[int], None] | None = None
+        self._gate: Callable[[], str | None] | None = None
+        self._gate_at = 0.0
         self._rate_start: float | None = None
         self._rate_bytes = 0
 
@@ -67,13 +81,18 @@ class ResumableFetcher(FetcherInterface):
         self.pool.clear()
 
     @contextmanager
-    def resume_into(self, part: Path, progress: Callable[[int], None] | None = None) -> Iterator[None]:
-        """Make the next target fetch resumable through ``part`` (``progress(bytes_so_far)`` per chunk)."""
-        self._part, self._progress = part, progress
+    def resume_into(self, part: Path, progress: Callable[[int], None] | None = None,
+                    gate: Callable[[], str | None] | None = None) -> Iterator[None]:
+        """Make the next target fetch resumable through ``part``.
+
+        ``progress(bytes_so_far)`` is called per chunk; ``gate()`` every
+        :data:`GATE_EVERY_S`: a reason it returns pauses the transfer (:class:`Paused`).
+        """
+        self._part, self._progress, self._gate = part, progress, gate
         try:
             yield
         finally:
-            self._part, self._progress = None, None
+            self._part, self._progress, self._gate = None, None, None
 
     # -- FetcherInterface ------------------------------------------------------------------------
 
@@ -149,6 +168,7 @@ class ResumableFetcher(FetcherInterface):
                         done += len(chunk)
                         if progress is not None:
                             progress(done)
+                        self._check_gate()
                         yield chunk
                     out.flush()
                     return
@@ -171,6 +191,16 @@ class ResumableFetcher(FetcherInterface):
                         # attempt; the next check starts from the .part with a fresh request.
                         resp.release_conn()
                         raise exceptions.DownloadError(f"{url}: resume refused (HTTP {resp.status})") from None
+
+
+    def _check_gate(self) -> None:
+        now = time.monotonic()
+        if self._gate is None or now - self._gate_at < GATE_EVERY_S:
+            return
+        self._gate_at = now
+        reason = self._gate()
+        if reason:
+            raise Paused(reason)
 
 
 def _range_start(resp: urllib3.BaseHTTPResponse) -> int | None:

@@ -22,9 +22,10 @@ from typing import Any, Protocol
 from edged.config import UpdateConfig
 from edged.seams import Clock
 from edged.update.client import CheckResult, UpdateClient
+from edged.update.conditions import Situation
 from edged.update.decide import Decision, LocalModel
 from edged.update.fetch import ResumableFetcher
-from edged.update.strategy import Strategy, make_strategy
+from edged.update.strategy import Context, Health, Strategy, make_strategy
 
 log = logging.getLogger("edged.update")
 
@@ -52,6 +53,12 @@ class UpdateHost(Protocol):
     def emit(self, event: dict[str, Any]) -> None:
         """Publish an event (any thread)."""
 
+    def situation(self) -> Situation:
+        """Power profile, battery, CPU, free disk, default-route interface, local time (conditions)."""
+
+    def health(self) -> Health | None:
+        """The serving versions' health since the last call (adaptive strategy)."""
+
 
 def default_device_id(machine_id: Path = MACHINE_ID) -> str:
     """A hash of /etc/machine-id (never the id itself: it is meant to stay private); hostname as fallback."""
@@ -71,12 +78,14 @@ class UpdateService:
         self.cfg = cfg
         self.host = host
         self.clock = clock or Clock()
-        self.strategy = strategy or make_strategy(cfg, rng)
+        self.strategy = strategy or make_strategy(
+            cfg, Context(situation=host.situation, health=host.health, emit=host.emit, rng=rng or random.Random()))
         self.device_id = cfg.device_id or default_device_id()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._waiters: list[Callable[[dict[str, Any]], None]] = []
+        self._manual = False
         self.fetcher = ResumableFetcher(timeout_s=cfg.timeout_s, retries=cfg.retries,
                                         max_rate_kbps=cfg.max_rate_kbps, stop=self._stop)
         self.client = UpdateClient(cfg, repo_root, device_id=self.device_id, fetcher=self.fetcher,
@@ -106,19 +115,35 @@ class UpdateService:
     def check_now(self, done: Callable[[dict[str, Any]], None] | None = None) -> None:
         """Run a check as soon as the thread is free; ``done(result)`` is called from the thread."""
         with self._lock:
+            self._manual = True
             if done is not None:
                 self._waiters.append(done)
         self._wake.set()
 
     def observe(self, event: dict[str, Any]) -> None:
-        """Learn from repository events: a version rejected or rolled back here is never fetched again."""
+        """Learn from daemon events: a version rejected or rolled back here is never fetched again;
+        a power profile change re-evaluates a pending update."""
         kind, model = event.get("event"), event.get("model")
+        if kind == "profile":
+            self.conditions_changed(f"power profile {event.get('profile')}")
+            return
         if not isinstance(model, str):
             return
         if kind == "rejected" and isinstance(event.get("version"), str) and not event.get("variant"):
             self.client.record_failure(model, event["version"], f"validation: {event.get('reason', '')}")
         elif kind == "rollback" and isinstance(event.get("from"), str):
             self.client.record_failure(model, event["from"], f"rolled back: {event.get('reason', '')}")
+
+    def conditions_changed(self, why: str) -> None:
+        """The power profile changed: look again now at an update held back by it (any thread)."""
+        if self.pending() and not self.checking:
+            log.info("update conditions changed (%s): checking the pending update again", why)
+            self._wake.set()
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Decisions of the last check that wait for conditions."""
+        last = self.last
+        return [d for d in last.decisions if d["action"] == "pending"] if last is not None else []
 
     def status(self) -> dict[str, Any]:
         now = self.clock.monotonic()
@@ -130,6 +155,8 @@ class UpdateService:
             "next_check": {"in_s": None if self.next_at is None else round(max(0.0, self.next_at - now), 1),
                            "why": self.next_why},
             "failed": {m: dict(v) for m, v in self.client.failed.items()},
+            "pending": [{k: d.get(k) for k in ("model", "version", "bytes", "held_by")} for d in self.pending()],
+            "interval_s": getattr(self.strategy, "interval", None if self.strategy.name == "off" else self.cfg.interval_s),
         }
 
     # -- the thread -------------------------------------------------------------------------------
@@ -137,6 +164,11 @@ class UpdateService:
     def _run(self) -> None:
         while not self._stop.is_set():
             delay, why = self.strategy.next_check(self.clock.monotonic(), self.last)
+            held = self.pending()
+            if held and (delay is None or delay > self.cfg.recheck_s):
+                # Conditions like a maintenance window change with time alone: look again soon.
+                delay = self.cfg.recheck_s
+                why = f"an update is pending ({held[0].get('held_by', '')}); looking again in {delay:g} s"
             self.next_at = None if delay is None else self.clock.monotonic() + delay
             self.next_why = why
             woken = self._wake.wait(delay)
@@ -145,7 +177,8 @@ class UpdateService:
             self._wake.clear()
             with self._lock:
                 waiters, self._waiters = self._waiters, []
-            reason = "manual" if woken else "schedule"
+                manual, self._manual = self._manual, False
+            reason = ("manual" if manual else "conditions") if woken else "schedule"
             self.next_at, self.next_why = None, "checking now"
             try:
                 result = self._check(reason)
@@ -163,7 +196,7 @@ class UpdateService:
         try:
             result = self.client.check(self.host.local_models(), reason=reason,
                                        may_download=self.strategy.may_download, apply=self._apply,
-                                       runtime_ok=self.host.runtime_ok)
+                                       runtime_ok=self.host.runtime_ok, hold=self.strategy.hold)
         finally:
             self.checking = False
         self.last = result

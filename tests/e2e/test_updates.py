@@ -282,3 +282,73 @@ def test_a_version_that_fails_validation_is_not_downloaded_twice(fleet):
 def test_update_commands_say_when_updates_are_off(daemon):
     r = daemon.cli("ctl", "update", "status")
     assert r.returncode != 0 and "updates are off" in r.stderr
+
+
+# -- strategies (#14): conditions hold an update back, a profile change pauses and resumes it ----------
+
+def _pending(d) -> list[dict]:
+    return status(d)["pending"]
+
+
+def test_conditional_update_waits_while_the_battery_is_low_and_applies_on_ac(fleet, tmp_path):
+    from edged.testing import tflite_build as tb
+
+    power = tmp_path / "power.json"
+    power.write_text(json.dumps({"battery_percent": 20, "on_ac": False}))
+    fleet.publish("v2", tb.random_classifier(seed=2))
+    d = fleet.device("--set", 'update.strategy="conditional"', "--set", "update.min_battery_percent=30",
+                     "--set", "update.interval_s=86400", "--set", "update.recheck_s=1",
+                     "--set", 'power.source="file"', "--set", f'power.file="{power}"',
+                     "--set", "power.interval_s=0.2", "--set", "power.min_dwell_s=0")
+    result = check(d)
+    assert result["ok"] and result["installed"] == [] and result["decisions"][0]["action"] == "pending", result
+    held = _pending(d)
+    assert held and held[0]["version"] == "v2" and held[0]["held_by"] == "battery 20 % < 30 % and not on AC"
+    assert "pending" in status(d)["next_check"]["why"]
+    assert not (fleet.repo / "m" / "v2").exists()
+    power.write_text(json.dumps({"battery_percent": 20, "on_ac": True}))
+    wait_until(lambda: serving(d) == "v2", "v2 applied once on AC", daemon=d)
+
+
+def test_a_download_paused_by_a_profile_change_resumes_when_it_allows_updates_again(fleet):
+    from edged.testing import tflite_build as tb
+
+    big = tb.random_classifier(seed=2, hidden=(1024,))
+    fleet.publish("v2", big)
+    fleet.nginx.restart(limit_rate="24k")
+    d = fleet.device("--set", 'update.strategy="conditional"', "--set", "update.interval_s=86400",
+                     "--set", "power.min_dwell_s=0")
+    check(d, "--no-wait")
+    wait_until(lambda: (status(d)["download"] or {}).get("bytes_done", 0) > 30_000, "a download under way",
+               daemon=d)
+    assert d.cli("ctl", "power", "--profile", "critical").returncode == 0  # allow_updates = false
+    wait_until(lambda: _pending(d), "the download paused", daemon=d)
+    assert _pending(d)[0]["held_by"] == "power profile critical does not allow updates"
+    part = next((fleet.repo / ".edged" / "staging" / "m" / "v2").glob("*.part"))
+    have = part.stat().st_size
+    assert 0 < have < len(big) and not (fleet.repo / "m" / "v2").exists()
+    fleet.nginx.restart()  # nothing in flight while paused
+    assert d.cli("ctl", "power", "--profile", "performance").returncode == 0
+    wait_until(lambda: serving(d) == "v2", "v2 serving after the resume", daemon=d)
+    resumed = [r for r in fleet.nginx.target_requests() if r["path"].endswith(".model.tflite") and r["status"] == "206"]
+    assert resumed and resumed[-1]["range"] == f"bytes={have}-", fleet.nginx.target_requests()
+
+
+def test_adaptive_a_degraded_signal_shortens_the_next_check(fleet):
+    import numpy as np
+
+    d = fleet.device("--set", 'update.strategy="adaptive"', "--set", "update.interval_s=1000",
+                     "--set", "update.min_interval_s=10", "--set", "update.max_interval_s=100000",
+                     "--set", "update.jitter=0", "--set", "health.low_confidence=0.999",
+                     "--set", "health.min_samples=20")
+    assert status(d)["interval_s"] == 1000
+    assert check(d)["ok"]  # no traffic yet: no signal, the interval backs off
+    wait_until(lambda: status(d)["interval_s"] == 2000, "backed off to 2000 s", daemon=d)
+    with d.client() as c:  # every answer is under the (strict) confidence threshold: a degraded signal
+        for i in range(30):
+            c.predict(np.random.default_rng(i).uniform(0, 16, (1, 8, 8, 1)).astype(np.float32))
+    assert check(d)["ok"]
+    wait_until(lambda: status(d)["interval_s"] == 1000, "the interval halved", daemon=d)
+    why = status(d)["next_check"]["why"]
+    assert "unhealthy" in why and "low-confidence share" in why, why
+    assert 0 < status(d)["next_check"]["in_s"] <= 1000

@@ -9,7 +9,8 @@ import pytest
 from edged.config import UpdateConfig
 from edged.update.decide import LocalModel, decide
 from edged.update.rollout import bucket
-from edged.update.strategy import Off, Periodic, make_strategy
+from edged.update.conditions import Situation, default_route_interface, hold_back, in_windows
+from edged.update.strategy import Adaptive, Conditional, Context, Health, Off, Periodic, make_strategy
 
 
 def index(**versions: dict) -> dict:
@@ -88,7 +89,8 @@ def test_strategy_off_waits_for_a_manual_check() -> None:
 
 @pytest.mark.parametrize("jitter", [0.0, 0.1, 0.5])
 def test_periodic_waits_stay_within_the_jitter(jitter: float) -> None:
-    s = Periodic(UpdateConfig(strategy="periodic", url="http://r", interval_s=600, jitter=jitter), random.Random(1))
+    s = Periodic(UpdateConfig(strategy="periodic", url="http://r", interval_s=600, jitter=jitter),
+                 Context(rng=random.Random(1)))
     first, _ = s.next_check(0.0, None)
     assert first is not None and 600 * jitter <= first <= 600
     waits = [s.next_check(0.0, object())[0] for _ in range(500)]
@@ -115,3 +117,133 @@ def test_update_config_is_off_by_default_and_names_bad_keys(tmp_path) -> None:
         assert key in str(err.value) and words in str(err.value)
     with pytest.raises(ConfigError, match="update.root"):
         config.load(None, {"update.url": "https://r.example", "update.root": str(tmp_path / "missing.json")})
+
+
+# -- conditional -------------------------------------------------------------------------------
+
+def _found(bytes_: int = 1_000_000):
+    d = run(index(v2={}), local())
+    d.bytes = bytes_
+    return d
+
+
+class FakeDevice:
+    """Fake power readings, disk and local time for the conditional strategy."""
+
+    def __init__(self, **kw) -> None:
+        self.s = Situation(**{"allow_updates": True, "profile": "performance", "free_bytes": 10**9, **kw})
+
+    def __call__(self) -> Situation:
+        return self.s
+
+
+def test_pending_while_the_battery_is_low_then_applied_on_ac() -> None:
+    device = FakeDevice(battery_percent=15.0, on_ac=False)
+    s = Conditional(UpdateConfig(min_battery_percent=30), Context(situation=device))
+    ok, why = s.may_download(_found())
+    assert not ok and why == "battery 15 % < 30 % and not on AC"
+    device.s.on_ac = True
+    ok, why = s.may_download(_found())
+    assert ok and "on AC" in why
+
+
+def test_held_outside_the_maintenance_window_then_applied_inside() -> None:
+    from datetime import datetime, timedelta
+
+    from edged.seams import FakeClock
+
+    clock = FakeClock(start=0.0, wall_offset=datetime(2026, 12, 1, 23, 30).timestamp())
+    device = FakeDevice()
+    s = Conditional(UpdateConfig(windows=["02:00-05:00"]), Context(situation=device))
+    seen = []
+    for _ in range(8):  # 23:30 .. 03:00 local, one look every 30 minutes
+        device.s.local_time = datetime.fromtimestamp(clock.time())
+        seen.append((device.s.local_time.strftime("%H:%M"), s.may_download(_found())[0]))
+        clock.advance(timedelta(minutes=30).total_seconds())
+    assert [t for t, ok in seen if ok] == ["02:00", "02:30", "03:00"], seen
+    device.s.local_time = datetime(2026, 12, 2, 1, 30)
+    assert s.hold(_found()) == "outside the maintenance window 02:00-05:00 (local time 01:30)"
+    assert in_windows(["22:00-02:00"], datetime(2026, 1, 1, 1, 0)) and not in_windows(["22:00-02:00"],
+                                                                                     datetime(2026, 1, 1, 3, 0))
+
+
+def test_a_download_is_paused_by_a_profile_change_and_resumed() -> None:
+    device = FakeDevice()
+    s = Conditional(UpdateConfig(), Context(situation=device))
+    found = _found()
+    assert s.may_download(found)[0] and s.hold(found) is None
+    device.s.allow_updates, device.s.profile = False, "critical"
+    assert s.hold(found) == "power profile critical does not allow updates"
+    device.s.allow_updates, device.s.profile = True, "performance"
+    assert s.hold(found) is None
+
+
+def test_every_condition_names_its_numbers_and_unknown_readings_never_block(tmp_path) -> None:
+    cfg = UpdateConfig(min_battery_percent=50, max_cpu_percent=70, metered_interfaces=["wwan0"],
+                       windows=["01:00-02:00"])
+    assert hold_back(cfg, Situation(), 10**6) == []  # nothing known: nothing holds it back
+    from datetime import datetime
+
+    reasons = hold_back(cfg, Situation(allow_updates=False, profile="critical", battery_percent=20, on_ac=False,
+                                       cpu_percent=95, free_bytes=1_500_000, interface="wwan0",
+                                       local_time=datetime(2026, 1, 1, 12, 0)), 1_000_000)
+    assert reasons == ["power profile critical does not allow updates", "battery 20 % < 50 % and not on AC",
+                       "CPU 95 % > 70 %", "outside the maintenance window 01:00-02:00 (local time 12:00)",
+                       "free disk 1.5 MB < 2 x the download (1.0 MB)", "on a metered link (wwan0)"]
+    route = tmp_path / "route"
+    route.write_text("Iface\tDestination\tGateway\nwlan0\t0000A8C0\t00000000\nwwan0\t00000000\t0100A8C0\n")
+    assert default_route_interface(route) == "wwan0"
+    assert default_route_interface(tmp_path / "missing") is None
+
+
+# -- adaptive ----------------------------------------------------------------------------------
+
+def _unhealthy(*reasons: str) -> Health:
+    return Health(reasons=list(reasons), evidence=True, signals={"m/v2": {"window": 100, "error_rate": 0.2}})
+
+
+HEALTHY = Health(evidence=True, signals={"m/v2": {"window": 100, "error_rate": 0.0, "low_confidence_share": 0.1,
+                                                 "accuracy": 0.97}})
+
+
+def test_adaptive_interval_halves_when_degraded_and_backs_off_after_recovery_within_bounds() -> None:
+    health = {"now": HEALTHY}
+    events = []
+    cfg = UpdateConfig(strategy="adaptive", interval_s=3600, min_interval_s=600, max_interval_s=14400, jitter=0.0)
+    s = Adaptive(cfg, Context(health=lambda: health["now"], emit=events.append))
+    assert s.next_check(0.0, None)[0] == 3600
+    health["now"] = _unhealthy("m/v2: error rate 20.0% over 5.0%")
+    intervals = [s.next_check(0.0, object())[0] for _ in range(4)]
+    assert intervals == [1800, 900, 600, 600]  # halves, bounded by min_interval_s
+    delay, why = s.next_check(0.0, object())
+    assert why == "adaptive: unhealthy (m/v2: error rate 20.0% over 5.0%); interval 600 s (at min_interval_s)"
+    health["now"] = HEALTHY
+    intervals = [s.next_check(0.0, object())[0] for _ in range(6)]
+    assert intervals == [1200, 2400, 4800, 9600, 14400, 14400]  # doubles, bounded by max_interval_s
+    delay, why = s.next_check(0.0, object())
+    assert "healthy (m/v2: error rate 0.0%, low-confidence 10.0%, live accuracy 97.0% over 100 requests)" in why
+    assert events[0] == {"event": "update-interval", "from_s": 3600, "to_s": 1800.0, "verdict": "unhealthy",
+                         "reason": "m/v2: error rate 20.0% over 5.0%",
+                         "health": {"reasons": ["m/v2: error rate 20.0% over 5.0%"], "evidence": True,
+                                    "signals": {"m/v2": {"window": 100, "error_rate": 0.2}}}}
+    assert all(e["event"] == "update-interval" for e in events) and len(events) == 3 + 5  # only changes
+
+
+def test_adaptive_without_evidence_backs_off() -> None:
+    cfg = UpdateConfig(strategy="adaptive", interval_s=1000, min_interval_s=100, max_interval_s=10_000, jitter=0.0)
+    s = Adaptive(cfg, Context(health=lambda: Health()))
+    s.next_check(0.0, None)
+    delay, why = s.next_check(0.0, object())
+    assert delay == 2000 and "no signal" in why
+    jittered = Adaptive(UpdateConfig(strategy="adaptive", interval_s=1000, jitter=0.2),
+                        Context(health=lambda: HEALTHY, rng=random.Random(3)))
+    jittered.next_check(0.0, None)
+    assert 1600 <= jittered.next_check(0.0, object())[0] <= 2400
+
+
+def test_adaptive_with_use_conditions_obeys_them() -> None:
+    device = FakeDevice(allow_updates=False, profile="critical")
+    free = Adaptive(UpdateConfig(strategy="adaptive"), Context(situation=device))
+    assert free.may_download(_found())[0]
+    bound = Adaptive(UpdateConfig(strategy="adaptive", use_conditions=True), Context(situation=device))
+    assert bound.may_download(_found()) == (False, "power profile critical does not allow updates")

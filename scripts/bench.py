@@ -332,6 +332,17 @@ class DaemonRun:
         return self.proc.returncode
 
 
+def private_copy(repo: Path, directory: Path) -> Path:
+    """``directory`` (mode 0700, a valid socket directory) holding a copy of ``repo`` as ``models``.
+
+    For a daemon that runs beside another: edged refuses a second daemon on the same
+    runtime directory or repository.
+    """
+    directory.mkdir(mode=0o700)
+    shutil.copytree(repo, directory / "models", symlinks=True, ignore=shutil.ignore_patterns(".edged"))
+    return directory
+
+
 def start_daemon(daemons: list[DaemonRun], *args: Any) -> DaemonRun:
     """``DaemonRun(*args)``, registered in ``daemons`` (stopped on the way out), once it answers."""
     d = DaemonRun(*args)
@@ -1026,8 +1037,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         tcp_ep = f"tcp://127.0.0.1:{port}"
         log(f"edged over {tcp_ep}")
-        dt = start_daemon(daemons, repo, tcp_ep, f"ipc://{workdir}/c2.sock", workdir, args.runtime, args.workers, env,
-                          "tcp")
+        # Runs beside the ipc daemon: one daemon per runtime directory and per repository
+        # (edged.server.instance), so it gets its own of each.
+        tcp_dir = private_copy(repo, workdir / "tcp")
+        dt = start_daemon(daemons, tcp_dir / "models", tcp_ep, f"ipc://{tcp_dir}/c.sock", workdir, args.runtime,
+                          args.workers, env, "tcp")
         floor_threads = solo if solo > 1 else 1
         floor_eps = {"floor_ipc": f"ipc://{workdir}/floor.sock", "floor_tcp": f"tcp://127.0.0.1:{free_port()}"}
         floors = [spawn_role("floor", {"endpoint": ep, "model": str(vdir / "model.tflite"), "runtime": args.runtime,

@@ -60,11 +60,11 @@ def main() -> int:
         vdir = pack(src, name="bench", version="v1", repo=repo, golden_inputs=[golden], runtime=args.runtime)
         eps = {}
         for name, (toml, _) in settings.items():
-            sub = workdir / name
-            sub.mkdir()
+            # The daemons run side by side: each needs its own runtime directory and repository.
+            sub = bench.private_copy(repo, workdir / name)
             (sub / "edged.toml").write_text(toml)
-            ep = f"ipc://{workdir}/{name}.sock"
-            bench.start_daemon(daemons, repo, ep, f"ipc://{workdir}/{name}-c.sock", sub, args.runtime, None, env, name)
+            ep = f"ipc://{sub}/p.sock"
+            bench.start_daemon(daemons, sub / "models", ep, f"ipc://{sub}/c.sock", sub, args.runtime, None, env, name)
             eps[name] = ep
         floor_ep = f"ipc://{workdir}/floor.sock"
         floor = bench.spawn_role("floor", {"endpoint": floor_ep, "model": str(vdir / "model.tflite"),

@@ -152,8 +152,9 @@ class Client:
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._reset()
                 raise TransportError(f"{self.endpoint} refused this client's CURVE key (not in the daemon's "
-                                     f"security.client_keys_dir?)", code=ErrorCode.AUTH_FAILED)
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                                     f"security.client_keys_dir, or control_keys_dir?)", code=ErrorCode.AUTH_FAILED)
+            if (event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    and event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
                 self._reset()
                 side = ("the daemon does not use CURVE on it" if self.curve is not None
                         else "it requires CURVE keys (--server-key and --client-key)")

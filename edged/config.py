@@ -248,6 +248,8 @@ class SecurityConfig:
     server_secret_key: str = ""
     #: Directory of allowed client public keys (``*.key``), re-read on reload.
     client_keys_dir: str = ""
+    #: Keys allowed on a tcp:// control endpoint instead ("" = those of client_keys_dir), re-read on reload.
+    control_keys_dir: str = ""
     #: Serve the control endpoint over TCP without CURVE; any local user can then stop or swap models.
     allow_insecure_tcp_control: bool = False
 
@@ -269,6 +271,7 @@ class Config:
     #: Read from [security] files by load(): the server key pair (None = CURVE off) and the allowed client keys.
     curve: ServerKeys | None = field(default=None, repr=False)
     allowed_keys: frozenset[bytes] = field(default=frozenset(), repr=False)
+    control_keys: frozenset[bytes] | None = field(default=None, repr=False)  # None: allowed_keys
 
     @property
     def models_path(self) -> Path:
@@ -460,9 +463,9 @@ def _load_security(config: Config) -> None:
     """Read the [security] key files into ``config.curve`` and ``config.allowed_keys``."""
     sec = config.security
     if not sec.server_secret_key:
-        if sec.client_keys_dir:
-            raise ConfigError("security.client_keys_dir", sec.client_keys_dir,
-                              "has no effect without security.server_secret_key")
+        for key in ("client_keys_dir", "control_keys_dir"):
+            if getattr(sec, key):
+                raise ConfigError(f"security.{key}", getattr(sec, key), "has no effect without security.server_secret_key")
         return
     if not sec.client_keys_dir:
         raise ConfigError("security.client_keys_dir", "",
@@ -471,10 +474,16 @@ def _load_security(config: Config) -> None:
         config.curve = ServerKeys.from_file(sec.server_secret_key)
     except KeyFileError as exc:
         raise ConfigError("security.server_secret_key", sec.server_secret_key, exc.message) from None
-    try:
-        config.allowed_keys = read_allowed_keys(sec.client_keys_dir)
-    except KeyFileError as exc:
-        raise ConfigError("security.client_keys_dir", sec.client_keys_dir, exc.message) from None
+    for key in ("client_keys_dir", "control_keys_dir"):
+        path = getattr(sec, key)
+        try:
+            keys = read_allowed_keys(path) if path else None
+        except KeyFileError as exc:
+            raise ConfigError(f"security.{key}", path, exc.message) from None
+        if key == "client_keys_dir":
+            config.allowed_keys = keys or frozenset()
+        else:
+            config.control_keys = keys
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")

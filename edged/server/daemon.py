@@ -39,7 +39,7 @@ from edged.repository.state import STATE_DIR
 from edged.repository.watcher import RepositoryWatcher
 from edged.runtime.backends import select_backend
 from edged.seams import Clock
-from edged.server.auth import AllowedKeys, start_authenticator
+from edged.server.auth import CurveAuth, zap_domain
 from edged.server.dispatch import Request, dispatch, encode_reply, error_reply
 from edged.server.instance import REPOSITORY_LOCK, RUNTIME_LOCK, InstanceLock
 from edged.server.metrics import Stats, prometheus_text, serve_metrics
@@ -71,6 +71,9 @@ class Job:
 #: set up once; the ZeroMQ message-size cap is a socket option taken at bind).
 _LIVE_SERVER_KEYS = frozenset({"log_level", "grace_period_s", "queue_size", "max_header_bytes", "max_image_bytes",
                                "max_image_pixels", "image_formats", "stuck_invoke_s"})
+
+#: Sockets that are CURVE servers on tcp:// when [security] has a key (not Frigate's: it cannot do CURVE).
+_CURVE_SOCKETS = frozenset({"predict", "control", "events"})
 
 #: Seconds shutdown waits for the worker and swap threads after the grace period.
 _JOIN_S = 2.0
@@ -112,8 +115,7 @@ class Daemon:
         # Reply ids for feedback: random per daemon start, so an id never matches across restarts.
         self._request_prefix = secrets.token_hex(4)
         self._request_seq = itertools.count(1)
-        self.auth: Any = None  # the ZAP ThreadAuthenticator when CURVE is on
-        self.allowed_keys: AllowedKeys | None = None
+        self.auth: CurveAuth | None = None  # the ZAP handler when CURVE is on
         self.instance = InstanceLock()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -138,7 +140,7 @@ class Daemon:
         self.power = PowerController(cfg.power, self.clock, self)
         self.ctx = zmq.Context()
         if cfg.curve is not None:
-            self.auth, self.allowed_keys = start_authenticator(self.ctx, cfg.allowed_keys)
+            self.auth = CurveAuth(self.ctx, cfg.allowed_keys, cfg.control_keys)
         self.events_sock = None
         if cfg.events_endpoint:
             self.events_sock = self._bind("events", cfg.events_endpoint, cfg.server.predict_socket_mode, zmq.PUB)
@@ -230,8 +232,9 @@ class Daemon:
         # Hard ceiling per frame: past it ZeroMQ drops the peer.  Messages between
         # max_message_bytes and this get a TOO_LARGE reply instead.
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.config.server.max_message_bytes)
-        if self.config.curve is not None and is_tcp(endpoint):
+        if self.config.curve is not None and is_tcp(endpoint) and name in _CURVE_SOCKETS:
             self.config.curve.apply(sock)  # ipc:// stays NULL: its file mode guards it
+            sock.zap_domain = zap_domain(name)
         path = None
         if endpoint.startswith("ipc://"):
             path = Path(endpoint[len("ipc://"):])
@@ -777,11 +780,11 @@ class Daemon:
                 log.warning("reload: %s change only on restart", ", ".join(restart_needed))
             for key in _LIVE_SERVER_KEYS:  # before power: the governor reads queue_size
                 setattr(self.config.server, key, getattr(new.server, key))
-            if self.allowed_keys is not None and new.curve is not None:
-                self.allowed_keys.replace(new.allowed_keys)
-                self.config.security.client_keys_dir = new.security.client_keys_dir
-                self.config.allowed_keys = new.allowed_keys
-                log.info("reload: %d CURVE client key(s) allowed", len(new.allowed_keys))
+            if self.auth is not None and new.curve is not None:
+                self.auth.replace(new.allowed_keys, new.control_keys)
+                for key in ("client_keys_dir", "control_keys_dir"):
+                    setattr(self.config.security, key, getattr(new.security, key))
+                self.config.allowed_keys, self.config.control_keys = new.allowed_keys, new.control_keys
             logging.getLogger("edged").setLevel(new.server.log_level.upper())
             self.scheduler.queue_size = new.server.queue_size
             self.config.repository = new.repository

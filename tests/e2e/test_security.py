@@ -39,11 +39,11 @@ def client_keys(keys: dict[str, Path], name: str) -> ClientKeys:
     return ClientKeys.from_files(keys["dir"] / "server.key", keys["dir"] / f"{name}.key_secret")
 
 
-def start_curve_daemon(daemon_factory, repo: Path, keys: dict[str, Path], tmp_path: Path):
+def start_curve_daemon(daemon_factory, repo: Path, keys: dict[str, Path], tmp_path: Path, extra: str = ""):
     predict, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     cfg = tmp_path / "edged.toml"
     cfg.write_text(f'[security]\nserver_secret_key = "{keys["dir"] / "server.key_secret"}"\n'
-                   f'client_keys_dir = "{keys["allowed"]}"\n')
+                   f'client_keys_dir = "{keys["allowed"]}"\n{extra}')
     d = daemon_factory(repo, "--config", str(cfg), "--endpoint", predict, "--control-endpoint", control, ready=False)
     app = client_keys(keys, "app")
 
@@ -118,6 +118,28 @@ def test_reload_picks_up_added_and_removed_client_keys(daemon_factory, repo, key
     assert r.returncode == 7 and "security.client_keys_dir" in r.stderr, r.stderr
     with Client(predict, timeout=30, curve=app) as c:
         assert c.health()["status"] == "ok"
+    assert d.stop() == 0
+
+
+def test_control_keys_dir_keeps_prediction_keys_off_the_control_endpoint(daemon_factory, repo, keys, tmp_path):
+    generate(keys["dir"], "admin")
+    admins = tmp_path / "admins"
+    admins.mkdir(mode=0o755)
+    shutil.copy(keys["dir"] / "admin.key", admins / "admin.key")
+    d, predict, control = start_curve_daemon(daemon_factory, repo, keys, tmp_path,
+                                             f'control_keys_dir = "{admins}"\n')
+    app, admin = client_keys(keys, "app"), client_keys(keys, "admin")
+    with Client(predict, timeout=30, curve=app) as c:
+        assert c.health()["status"] == "ok"
+    assert refused(control, app).code is ErrorCode.AUTH_FAILED
+    assert refused(predict, admin).code is ErrorCode.AUTH_FAILED
+    with Client.control(control, timeout=30, curve=admin) as c:
+        assert c.status()["state"] == "running"
+        shutil.copy(keys["dir"] / "app.key", admins / "app.key")  # now app may administer too
+        assert c.call("reload")[0]["restart_needed"] == []
+    with Client.control(control, timeout=30, curve=app) as c:
+        assert c.status()["state"] == "running"
+    assert "security.control_keys_dir" in d.log()
     assert d.stop() == 0
 
 

@@ -150,6 +150,11 @@ def test_security_section_reads_keys_and_gates_tcp(tmp_path):
         config.load(write(tmp_path, f'[security]\nserver_secret_key = "{server.secret_path}"\n'))
     with pytest.raises(ConfigError, match="security.client_keys_dir.*without security.server_secret_key"):
         config.load(write(tmp_path, f'[security]\nclient_keys_dir = "{allowed}"\n'))
+    with pytest.raises(ConfigError, match="security.control_keys_dir.*without security.server_secret_key"):
+        config.load(write(tmp_path, f'[security]\ncontrol_keys_dir = "{allowed}"\n'))
+    cfg = config.load(write(tmp_path, sec + f'control_keys_dir = "{allowed}"\n'))
+    assert cfg.control_keys == {app.public}
+    assert config.load(write(tmp_path, sec)).control_keys is None  # the control endpoint takes client_keys_dir's
     with pytest.raises(ConfigError, match="security.server_secret_key.*chmod 600"):
         server.secret_path.chmod(0o644)
         config.load(write(tmp_path, sec))

@@ -170,9 +170,19 @@ class Notifier:
         with self._lock:
             try:
                 if self._sock is None:
-                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    # Non-blocking: a datagram queue holds only net.unix.max_dgram_qlen (often 10)
+                    # messages, and a blocking sendto() to a reader that is not reading (a stalled
+                    # manager, a test harness) would stop the main loop with it.
+                    self._sock = socket.socket(socket.AF_UNIX,
+                                               socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
                 self._sock.sendto(message, self._address)
                 return True
+            except BlockingIOError:
+                # The reader's queue is full: drop this one (a later READY/WATCHDOG supersedes it).
+                log.log(logging.DEBUG if self._warned else logging.WARNING,
+                        "sd_notify to %r dropped: the notify socket's queue is full", self._address)
+                self._warned = True
+                return False
             except OSError as exc:
                 # Never raise: a dead notify socket must not take the daemon down.
                 level = logging.DEBUG if self._warned else logging.WARNING

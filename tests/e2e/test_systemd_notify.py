@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,16 +15,37 @@ pytestmark = [pytest.mark.e2e]
 
 
 class FakeSystemd:
+    """A notify socket drained by a thread, as systemd drains it.
+
+    The daemon sends without blocking and drops a message when the queue is full
+    (net.unix.max_dgram_qlen, 10 by default), so a reader that only reads while a
+    test waits would lose messages sent while the test runs a CLI command.
+    """
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
         self.seen: list[dict[str, str]] = []
+        self._queue: queue.Queue[dict[str, str]] = queue.Queue()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="fake-systemd", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.sock.recv(65536).decode()
+            except (TimeoutError, OSError):
+                continue
+            self._queue.put(dict(line.split("=", 1) for line in data.split("\n") if "=" in line))
 
     def next(self, timeout: float = 60.0) -> dict[str, str]:
-        self.sock.settimeout(timeout)
-        data = self.sock.recv(65536).decode()
-        msg = dict(line.split("=", 1) for line in data.split("\n") if "=" in line)
+        try:
+            msg = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no notify message within {timeout}s") from None
         self.seen.append(msg)
         return msg
 
@@ -35,6 +58,8 @@ class FakeSystemd:
         raise AssertionError(f"no {key}={value} in {limit} messages")
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join(5)
         self.sock.close()
 
 
@@ -103,18 +128,14 @@ def test_ready_status_watchdog_reload_and_stopping(daemon_factory, repo, fake_sy
 
 
 def drain(fs: FakeSystemd) -> list[dict[str, str]]:
+    """Every message received so far that no one has read yet."""
     out = []
-    fs.sock.setblocking(False)
-    try:
-        while True:
-            data = fs.sock.recv(65536).decode()
-            out.append(dict(line.split("=", 1) for line in data.split("\n") if "=" in line))
-            fs.seen.append(out[-1])
-    except BlockingIOError:
-        pass
-    finally:
-        fs.sock.setblocking(True)
-    return out
+    while True:
+        try:
+            out.append(fs._queue.get_nowait())
+        except queue.Empty:
+            return out
+        fs.seen.append(out[-1])
 
 
 def test_watchdog_pings_stop_while_a_worker_is_stuck(daemon_factory, fake_systemd, tmp_path):

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,27 @@ def test_send_errors_never_raise_and_log_once(sock_dir: Path, caplog: pytest.Log
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "sd_notify" in warnings[0].getMessage()
+
+
+def test_a_reader_that_stops_reading_never_blocks_the_sender(systemd_sock: tuple[socket.socket, str]) -> None:
+    # A unix datagram queue holds net.unix.max_dgram_qlen messages (10 by default); a blocking
+    # sendto() past that waits until the reader drains it, and the daemon's main loop with it.
+    s, path = systemd_sock
+    n = Notifier.from_env({"NOTIFY_SOCKET": path})
+    results: list[bool] = []
+    sender = threading.Thread(target=lambda: results.extend(n.status(f"tick {i}") for i in range(200)), daemon=True)
+    sender.start()
+    sender.join(60)
+    assert not sender.is_alive(), "sd_notify blocked on a full notify socket"
+    assert results[0] is True and False in results  # the queue filled: later pings dropped, not waited for
+    s.setblocking(False)
+    while True:  # the reader catches up: sending works again
+        try:
+            s.recv(4096)
+        except BlockingIOError:
+            break
+    s.settimeout(2.0)
+    assert n.ready() and _recv(s) == {"READY": "1"}
 
 
 def test_recovers_when_socket_comes_back(sock_dir: Path) -> None:

@@ -93,6 +93,21 @@ def parse_header(raw: bytes | memoryview, max_bytes: int = DEFAULT_MAX_HEADER_BY
     when it is not a UTF-8 JSON object or holds a non-finite number, and
     ``UNSUPPORTED_PROTOCOL`` when ``v`` is missing or not 1.
     """
+    header = parse_object(raw, max_bytes)
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise RequestError(
+            f"protocol version {version!r} not supported; this daemon speaks {PROTOCOL_VERSION}",
+            code=ErrorCode.UNSUPPORTED_PROTOCOL,
+        )
+    return header
+
+
+def parse_object(raw: bytes | memoryview, max_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> dict[str, Any]:
+    """A bounded UTF-8 JSON object (no version check: Frigate's headers have none).
+
+    Raises :class:`RequestError`: ``TOO_LARGE`` over ``max_bytes``, else ``BAD_REQUEST``.
+    """
     if len(raw) > max_bytes:
         raise RequestError(f"header is {len(raw)} bytes, limit {max_bytes}", code=ErrorCode.TOO_LARGE)
     data = bytes(raw)
@@ -108,12 +123,6 @@ def parse_header(raw: bytes | memoryview, max_bytes: int = DEFAULT_MAX_HEADER_BY
     # Only a header with enough brackets can be too deep: the walk is skipped for real ones.
     if data.count(b"[") + data.count(b"{") > MAX_HEADER_DEPTH and _depth_over(header, MAX_HEADER_DEPTH):
         raise too_deep
-    version = header.get("v")
-    if version != PROTOCOL_VERSION:
-        raise RequestError(
-            f"protocol version {version!r} not supported; this daemon speaks {PROTOCOL_VERSION}",
-            code=ErrorCode.UNSUPPORTED_PROTOCOL,
-        )
     return header
 
 

@@ -42,6 +42,7 @@ from edged.seams import Clock
 from edged.server.auth import CurveAuth, zap_domain
 from edged.server.dispatch import Request, dispatch, encode_reply, error_reply
 from edged.server.instance import REPOSITORY_LOCK, RUNTIME_LOCK, InstanceLock
+from edged.server.frigate import FrigateEndpoint
 from edged.server.metrics import Stats, prometheus_text, serve_metrics
 from edged.server.notify import Notifier, WatchdogGate
 from edged.server.powerctl import PowerController
@@ -54,7 +55,7 @@ log = logging.getLogger("edged.server")
 
 
 class Job:
-    __slots__ = ("req", "model", "deadline", "top_k", "priority", "wait")
+    __slots__ = ("req", "model", "deadline", "top_k", "priority", "wait", "claim")
 
     def __init__(self, req: Request, model: Any, deadline: float | None, top_k: int, priority: str,
                  wait: bool) -> None:
@@ -64,6 +65,9 @@ class Job:
         self.top_k = top_k
         self.priority = priority
         self.wait = wait
+        # A Frigate frame is answered by whoever takes this first: a worker, or the
+        # main loop when the frame is still queued at its deadline (FrigateEndpoint.expire).
+        self.claim = threading.Lock() if req.endpoint == "frigate" else None
 
 
 #: ``[server]`` keys a reload applies at once; a change to any other is reported as
@@ -117,6 +121,7 @@ class Daemon:
         self._request_seq = itertools.count(1)
         self.auth: CurveAuth | None = None  # the ZAP handler when CURVE is on
         self.instance = InstanceLock()
+        self.frigate: FrigateEndpoint | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -146,6 +151,9 @@ class Daemon:
             self.events_sock = self._bind("events", cfg.events_endpoint, cfg.server.predict_socket_mode, zmq.PUB)
         self.predict_sock = self._bind("predict", cfg.endpoint, cfg.server.predict_socket_mode)
         self.control_sock = self._bind("control", cfg.control_endpoint, cfg.server.control_socket_mode)
+        if cfg.frigate.endpoint:
+            self.frigate = FrigateEndpoint(self, cfg.frigate)
+            self.frigate.sock = self._bind("frigate", cfg.frigate.endpoint, cfg.frigate.socket_mode)
         self.watcher = None
         if cfg.repository.watch:
             self.watcher = RepositoryWatcher(self.models.root, self.clock, self.wake)
@@ -254,8 +262,8 @@ class Daemon:
         if path is not None:
             self._ipc_files.append(path)
             os.chmod(path, mode)
-            group = self.config.server.socket_group
-            if group and name == "predict":
+            group = {"predict": self.config.server.socket_group, "frigate": self.config.frigate.socket_group}.get(name)
+            if group:
                 import grp
 
                 try:
@@ -299,6 +307,10 @@ class Daemon:
         poller.register(self.predict_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        socks = [("control", self.control_sock), ("predict", self.predict_sock)]
+        if self.frigate is not None:
+            poller.register(self.frigate.sock, zmq.POLLIN)
+            socks.append(("frigate", self.frigate.sock))
         tick = self.config.server.tick_s
         while True:
             now = self.clock.monotonic()
@@ -306,6 +318,8 @@ class Daemon:
             timeout = tick
             for t in self._timers:
                 timeout = min(timeout, max(0.0, t.due - now))
+            if self.frigate is not None:
+                timeout = min(timeout, self.frigate.expire(now))
             if self.watcher is not None:
                 due = self.watcher.due(now)
                 if due == 0.0:
@@ -349,7 +363,7 @@ class Daemon:
                     self.request_stop(cmd.split(":", 1)[1])
             self._flush_outbox()
             self._send_events()
-            for endpoint, sock in (("control", self.control_sock), ("predict", self.predict_sock)):
+            for endpoint, sock in socks:
                 if sock in events:
                     self._read(endpoint, sock)
             now = self.clock.monotonic()
@@ -403,6 +417,8 @@ class Daemon:
             self.metrics_server.close()
         # Past the grace period: what never started is answered, not dropped.
         for job in self.scheduler.drain():
+            if job.claim is not None and not job.claim.acquire(blocking=False):
+                continue  # a Frigate frame already answered at its budget
             self.stats.shed(job.model.name, job.model.version)
             self.post(job.req, error_reply(job.req.id, job.req.op,
                                            RetryableError("daemon stopped before this request could run")))
@@ -420,7 +436,7 @@ class Daemon:
             log.warning("not a clean stop for the boot counter: a worker or the swap thread did not finish")
         self._flush_outbox()
         self._send_events()
-        for sock in (self.predict_sock, self.control_sock, self.events_sock):
+        for sock in (self.predict_sock, self.control_sock, self.events_sock, self.frigate and self.frigate.sock):
             if sock is not None:
                 sock.close(linger=500)
         if self.auth is not None:
@@ -482,6 +498,9 @@ class Daemon:
         received = self.clock.monotonic()
         if not body:
             return  # an empty message has nobody to answer by id; ignore it
+        if endpoint == "frigate" and self.frigate is not None:
+            self.frigate.handle(envelope, body, received)
+            return
         try:
             size = sum(len(f) for f in body)
             if size > self.config.server.max_message_bytes:
@@ -503,10 +522,18 @@ class Daemon:
         header.setdefault("id", req.id)
         header.setdefault("op", req.op)
         header.setdefault("ok", True)
+        if req.endpoint == "frigate":
+            self._send("frigate", req.envelope, *self._frigate_frames(req, header, arrays or []))
+            return
         self._send(req.endpoint, req.envelope, encode_reply(header), arrays or [])
 
+    def _frigate_frames(self, req: Request, header: dict[str, Any], arrays: Any) -> tuple[Any, list[Any]]:
+        assert self.frigate is not None
+        first, *rest = self.frigate.encode(req, header, list(arrays))
+        return first, rest
+
     def _send(self, endpoint: str, envelope: list[Any], header: bytes, frames: list[Any]) -> None:
-        sock = self.predict_sock if endpoint == "predict" else self.control_sock
+        sock = {"predict": self.predict_sock, "control": self.control_sock}.get(endpoint) or self.frigate.sock
         try:
             sock.send_multipart([*envelope, header, *frames], copy=False)
         except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY) or shutting down
@@ -527,7 +554,10 @@ class Daemon:
         header.setdefault("id", req.id)
         header.setdefault("op", req.op)
         header.setdefault("ok", True)
-        self._outbox.append((req.endpoint, req.envelope, encode_reply(header), list(arrays)))
+        if req.endpoint == "frigate":  # post-processed here, on the worker that computed it
+            self._outbox.append(("frigate", req.envelope, *self._frigate_frames(req, header, arrays)))
+        else:
+            self._outbox.append((req.endpoint, req.envelope, encode_reply(header), list(arrays)))
         self.wake()
 
     def wake(self) -> None:
@@ -591,18 +621,21 @@ class Daemon:
 
     # -- predict -----------------------------------------------------------------------------
 
-    def submit_predict(self, req: Request) -> None:
+    def submit_predict(self, req: Request) -> Job:
         h = req.header
         model = self.models.get(h.get("model"))
         priority = h.get("priority", "normal")
         wait = bool(h.get("wait", False))
         self.power.admit(model, priority, wait)
         deadline = req.received + h["deadline_ms"] / 1000.0 if h.get("deadline_ms") is not None else None
+        req.extra["model"] = model
+        job = Job(req, model, deadline, int(h.get("top_k", 0)), priority, wait)
         try:
-            self.scheduler.submit(Job(req, model, deadline, int(h.get("top_k", 0)), priority, wait), priority)
+            self.scheduler.submit(job, priority)
         except Throttled:
             self.stats.shed(model.name, model.version)
             raise
+        return job
 
     def _worker(self, worker_id: int) -> None:
         """One worker thread's loop (run and restarted by :class:`WorkerPool`); returns once the scheduler closes."""
@@ -611,6 +644,9 @@ class Daemon:
             job = self.scheduler.get(worker_id)
             if job is None:
                 return
+            if job.claim is not None and not job.claim.acquire(blocking=False):
+                self.scheduler.done()  # already answered by the main loop (past its budget)
+                continue
             try:
                 header, arrays = self._process(worker_id, job)
             except Exception as exc:

@@ -96,6 +96,7 @@ class Stats:
         self._queue_depth = 0
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, str], _Version] = {}
+        self._frigate_dropped: dict[str, int] = {}
 
     def _get(self, model: str, version: str) -> _Version:
         key = (model, version)
@@ -133,6 +134,11 @@ class Stats:
         with self._lock:
             self._get(model, version).shed += 1
 
+    def frigate_dropped(self, reason: str) -> None:
+        """A Frigate frame answered with no detections instead of a result (edged/server/frigate.py)."""
+        with self._lock:
+            self._frigate_dropped[reason] = self._frigate_dropped.get(reason, 0) + 1
+
     def swapped(self, model: str, to_version: str) -> None:
         """``to_version`` became the current version of ``model``."""
         with self._lock:
@@ -166,7 +172,8 @@ class Stats:
                          "swaps": 1, "rollbacks": 0, "cpu_seconds": 0.0123,
                          "latency_us": {"p50": 812.0, "p95": 2100.0, "p99": 2400.0,
                                         "count": 9, "sum": 9000, "min": 500, "max": 2450,
-                                        "buckets": [0, 0, 2, ...]}}]}
+                                        "buckets": [0, 0, 2, ...]}}],
+             "frigate_dropped": {"budget": 2, "input": 1}}
 
         ``latency_us.buckets`` are per-bucket (not cumulative) counts, one per
         entry of ``latency_buckets_us`` plus a final +Inf bucket.  Percentiles
@@ -192,7 +199,9 @@ class Stats:
                     "throttled": v.throttled, "shed": v.shed, "swaps": v.swaps, "rollbacks": v.rollbacks,
                     "cpu_seconds": round(v.cpu_seconds, 6), "latency_us": latency,
                 })
-        return {"queue_depth": depth, "latency_buckets_us": list(self.buckets_us), "models": models}
+            dropped = dict(sorted(self._frigate_dropped.items()))
+        return {"queue_depth": depth, "latency_buckets_us": list(self.buckets_us), "models": models,
+                "frigate_dropped": dropped}
 
 
 def _quantile(bounds: tuple[int, ...], counts: list[int], q: float,
@@ -294,6 +303,11 @@ def prometheus_text(snapshot: Mapping[str, Any]) -> str:
     for m in models:
         for code, n in sorted((m.get("errors") or {}).items()):
             w.sample("edged_errors_total", {"model": m["model"], "version": m["version"], "code": code}, int(n))
+
+    w.family("edged_frigate_dropped_total", "counter",
+             "Frigate frames answered with no detections instead of a result, by reason.")
+    for reason, n in sorted((snapshot.get("frigate_dropped") or {}).items()):
+        w.sample("edged_frigate_dropped_total", {"reason": reason}, int(n))
 
     name = "edged_request_latency_seconds"
     w.family(name, "histogram", "Time from receiving a request to sending its reply.")

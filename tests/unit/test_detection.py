@@ -7,18 +7,7 @@ import pytest
 
 from edged.runtime import detection
 from edged.runtime.detection import LayoutError
-
-
-def frigate_tflite_detect_raw(outputs: list[np.ndarray], thresh: float = 0.4) -> np.ndarray:
-    """Frigate's ``tflite_detect_raw`` (frigate/detectors/detector_utils.py), minus the interpreter."""
-    boxes, class_ids, scores = outputs[0][0], outputs[1][0], outputs[2][0]
-    count = int(outputs[3][0])
-    detections = np.zeros((20, 6), np.float32)
-    for i in range(count):
-        if scores[i] < thresh or i == 20:
-            break
-        detections[i] = [class_ids[i], float(scores[i]), boxes[i][0], boxes[i][1], boxes[i][2], boxes[i][3]]
-    return detections
+from tests.e2e.frigate_client import frigate_tflite_detect_raw
 
 
 def ssd_outputs(scores: list[float], n: int = 25) -> list[np.ndarray]:

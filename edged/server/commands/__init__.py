@@ -10,12 +10,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from edged.server.commands import (
-    feedback, health, info, pin, power, predict, quit, reload, rollback, stats, status, swap, unmark, unpin,
-    update_check, update_status, versions,
+    feedback, frigate_detect, frigate_model, frigate_push, health, info, pin, power, predict, quit, reload, rollback,
+    stats, status, swap, unmark, unpin, update_check, update_status, versions,
 )
 
 REGISTRY: dict[str, ModuleType] = {
     m.NAME: m
     for m in (predict, feedback, info, health, stats, status, reload, quit, versions, swap, rollback, pin, unpin,
-              unmark, power, update_status, update_check)
+              unmark, power, update_status, update_check, frigate_model, frigate_push, frigate_detect)
 }

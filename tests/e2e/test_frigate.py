@@ -1,0 +1,204 @@
+"""Frigate's zmq detector plugin against a real daemon (edged/server/frigate.py, docs/frigate.md).
+
+The client (tests/e2e/frigate_client.py) is Frigate's plugin: REQ, RCVTIMEO 200 ms,
+the model hand-shake, two-frame requests, socket reset on a timeout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edged.repository.pack import pack
+from edged.testing import tflite_build as tb
+from tests.e2e.frigate_client import FrigateZmqClient, frigate_tflite_detect_raw
+from tests.e2e.repohelpers import state_of, wait_until
+from tests.e2e.test_power import power_config, write_sensor
+
+pytestmark = [pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO_DETECTOR = ROOT / "zoo" / "detector" / "v1"
+SIZE = 320
+
+
+def frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Black images with whole and partial colour squares in random cells (0..n detections each)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = np.zeros((1, SIZE, SIZE, 3), np.uint8)
+        for _ in range(rng.integers(0, 6)):
+            r, c, ch = rng.integers(0, 8), rng.integers(0, 8), rng.integers(0, 3)
+            fill = rng.integers(10, 41)  # rows of the 40-row cell: partial cells score around the threshold
+            img[0, 40 * r:40 * r + fill, 40 * c:40 * c + 40, ch] = 255
+        out.append(img)
+    return out
+
+
+def in_process(model_file: Path, image: np.ndarray) -> np.ndarray:
+    """The same model run here, read with Frigate's own rule."""
+    runtime = os.environ.get("EDGED_RUNTIME", "auto")
+    module = "tflite_runtime.interpreter" if runtime == "tflite-runtime" else "ai_edge_litert.interpreter"
+    it = importlib.import_module(module).Interpreter(model_path=str(model_file))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], image)
+    it.invoke()
+    return frigate_tflite_detect_raw([it.get_tensor(d["index"]) for d in it.get_output_details()])
+
+
+@pytest.fixture
+def det_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(ZOO_DETECTOR, repo / "detector" / "v1")
+    return repo
+
+
+def start(daemon_factory, sockdir: Path, repo: Path, *args: str):
+    endpoint = f"ipc://{sockdir}/frigate/zmq_detector"
+    d = daemon_factory(repo, "--frigate-endpoint", endpoint, *args)
+    return d, endpoint
+
+
+def stats(d) -> dict:
+    with d.control() as ctl:
+        return ctl.stats()["stats"]
+
+
+def test_frames_equal_in_process_computation_with_frigates_rule(daemon_factory, sockdir, det_repo):
+    d, endpoint = start(daemon_factory, sockdir, det_repo)
+    with FrigateZmqClient(endpoint, "/config/model_cache/ssd_mobiledet.tflite") as client:
+        assert client.model_ready, client.errors
+        images = frames(12)
+        got = [client.detect_raw(img) for img in images]
+        assert client.timeouts == 0 and not client.errors
+    want = [in_process(ZOO_DETECTOR / "model.tflite", img) for img in images]
+    assert sum(int(np.count_nonzero(w[:, 1])) for w in want) > 5, "the frames should hold detections"
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-6)
+    assert "Frigate model 'ssd_mobiledet.tflite' is answered by edged model detector" in d.log()
+    m = stats(d)["models"][0]
+    assert (m["model"], m["version"], m["requests"]) == ("detector", "v1", 12)
+
+
+def test_hot_swap_at_10_fps_loses_no_frame_to_a_timeout(daemon_factory, sockdir, det_repo, tmp_path):
+    d, endpoint = start(daemon_factory, sockdir, det_repo)
+    half_green = _half_green()  # scores ~0.50 on v1 (gain 1/32), ~0.98 on v2 (gain 1/16)
+    stop = threading.Event()
+    scores: list[float] = []
+    with FrigateZmqClient(endpoint, "/config/model.tflite") as client:
+        assert client.model_ready, client.errors
+
+        def send() -> None:
+            while not stop.is_set():
+                scores.append(float(client.detect_raw(half_green)[0, 1]))
+                stop.wait(0.1)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            wait_until(lambda: len(scores) >= 5, "frames before the swap", daemon=d)
+            src = tmp_path / "v2.tflite"
+            src.write_bytes(tb.ssd_detector_model(gain=1 / 16))
+            pack(src, name="detector", version="v2", repo=det_repo, runtime=os.environ.get("EDGED_RUNTIME", "auto"))
+            wait_until(lambda: state_of(d, "v2", "detector")["state"] in ("probation", "committed"), "swap to v2",
+                       daemon=d)
+            seen = len(scores)
+            wait_until(lambda: len(scores) >= seen + 5, "frames after the swap", daemon=d)
+        finally:
+            stop.set()
+            sender.join(timeout=30)
+        assert client.timeouts == 0, f"{client.timeouts} frame(s) lost to Frigate's 200 ms timeout"
+        assert not client.errors
+    assert scores[0] == pytest.approx(0.496, abs=0.01) and scores[-1] > 0.95, scores
+    assert all(s > 0.4 for s in scores), "every frame was answered with its detection"
+
+
+def test_throttling_profile_answers_empty_at_once_and_counts(daemon_factory, sockdir, det_repo, tmp_path):
+    sensor = tmp_path / "ups.json"
+    write_sensor(sensor, battery_percent=90, on_ac=True)
+    d, endpoint = start(daemon_factory, sockdir, det_repo, "--config", str(power_config(tmp_path, sensor)))
+    r = d.cli("ctl", "power", "--profile", "critical", "--for", "10m")  # max_rps 2, duty cycle 0.25
+    assert r.returncode == 0, r.stderr
+    image = frames(1)[0]
+    image[0, 0:40, 0:40, 0] = 255
+    with FrigateZmqClient(endpoint, "/config/model.tflite") as client:
+        assert client.model_ready, client.errors
+        got = [client.detect_raw(image) for _ in range(30)]  # back to back: ~15x the profile's rate
+        assert client.timeouts == 0 and not client.errors
+    empty = sum(1 for g in got if not g.any())
+    assert empty >= 10, f"only {empty} of 30 frames were refused at 2 frames/s"
+    assert any(g.any() for g in got), "frames within the rate are still answered"
+    dropped = stats(d)["frigate_dropped"]
+    assert sum(dropped.get(k, 0) for k in ("budget", "throttled")) == empty, dropped
+    prom = d.cli("ctl", "stats", "--prometheus").stdout
+    assert 'edged_frigate_dropped_total{reason="budget"}' in prom or \
+        'edged_frigate_dropped_total{reason="throttled"}' in prom
+
+
+def test_wrong_shape_dtype_and_unknown_model_type_are_answered_and_logged_once(daemon_factory, sockdir, det_repo):
+    d, endpoint = start(daemon_factory, sockdir, det_repo)
+    good = frames(1)[0]
+    good[0, 0:40, 0:40, 0] = 255
+    with FrigateZmqClient(endpoint, "/config/model.tflite") as client:
+        for _ in range(3):
+            assert not client.detect_raw(np.zeros((1, 300, 300, 3), np.uint8)).any()
+            assert not client.detect_raw(np.zeros((1, SIZE, SIZE, 3), np.float32)).any()
+        assert client.detect_raw(good).any(), "a good frame after bad ones is served"
+        client.timeouts = 0
+    with FrigateZmqClient(endpoint, "/config/model.tflite", model_type="yolox") as client:
+        for _ in range(3):
+            assert not client.detect_raw(good).any()
+        assert client.timeouts == 0 and not client.errors
+    log = d.log()
+    assert log.count("Frigate sends uint8[1, 300, 300, 3], detector/v1 takes uint8[1, 320, 320, 3]") == 1, log
+    assert log.count("Frigate sends float32[1, 320, 320, 3]") == 1, log
+    assert log.count("model_type 'yolox' is not supported") == 1, log
+    assert stats(d)["frigate_dropped"] == {"input": 6, "model_type": 3}
+
+
+def test_pushed_model_is_refused_by_default_and_serving_is_untouched(daemon_factory, sockdir, det_repo, tmp_path):
+    d, endpoint = start(daemon_factory, sockdir, det_repo)
+    pushed = tmp_path / "frigate_model.tflite"
+    pushed.write_bytes(tb.ssd_detector_model(gain=1 / 16))
+    with FrigateZmqClient(endpoint, str(pushed)) as client:
+        assert client.send_model_data() is False
+        assert client.last_push == {"model_saved": False, "model_loaded": False}
+    assert [v["version"] for v in json.loads(d.cli("ctl", "versions", "--json").stdout)["versions"]] == ["v1"]
+    assert "refused (frigate.accept_pushed_models is false)" in d.log()
+
+
+def test_pushed_model_goes_through_validation_when_accepted(daemon_factory, sockdir, det_repo, tmp_path):
+    d, endpoint = start(daemon_factory, sockdir, det_repo, "--set", "frigate.accept_pushed_models=true")
+    pushed = tmp_path / "frigate_model.tflite"
+    pushed.write_bytes(tb.ssd_detector_model(gain=1 / 16))
+    wrong = tmp_path / "other.tflite"
+    wrong.write_bytes(tb.random_classifier())  # another contract: validation refuses it
+    with FrigateZmqClient(endpoint, str(wrong)) as client:
+        assert client.send_model_data() is False
+        assert client.last_push == {"model_saved": True, "model_loaded": False}
+    assert state_of(d, "v1", "detector")["state"] != "bad"
+    with FrigateZmqClient(endpoint, str(pushed)) as client:
+        assert client.send_model_data() is True
+        assert client.last_push == {"model_saved": True, "model_loaded": True}
+        wait_until(lambda: client.detect_raw(_half_green())[0, 1] > 0.95, "the pushed version serving", daemon=d)
+    assert state_of(d, "v3", "detector")["state"] in ("probation", "committed")
+
+
+def _half_green() -> np.ndarray:
+    img = np.zeros((1, SIZE, SIZE, 3), np.uint8)
+    img[0, 0:20, 280:320, 1] = 255
+    return img
+
+
+def test_frigate_socket_is_off_unless_configured(daemon_factory, sockdir, det_repo):
+    d = daemon_factory(det_repo)
+    assert not list(sockdir.glob("**/zmq_detector"))
+    assert json.loads(d.cli("ctl", "status", "--json").stdout)["state"] == "running"

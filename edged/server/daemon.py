@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable

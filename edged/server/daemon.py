@@ -418,7 +418,7 @@ class Daemon:
             self.metrics_server.close()
         # Past the grace period: what never started is answered, not dropped.
         for job in self.scheduler.drain():
-            if job.claim is not None and not job.claim.acquire(blocking=False):
+            if not _claim(job):
                 continue  # a Frigate frame already answered at its budget
             self.stats.shed(job.model.name, job.model.version)
             self.post(job.req, error_reply(job.req.id, job.req.op,
@@ -645,7 +645,7 @@ class Daemon:
             job = self.scheduler.get(worker_id)
             if job is None:
                 return
-            if job.claim is not None and not job.claim.acquire(blocking=False):
+            if not _claim(job):
                 self.scheduler.done()  # already answered by the main loop (past its budget)
                 continue
             try:
@@ -865,6 +865,12 @@ def describe_parallelism(p: dict[str, Any]) -> str:
     how = ", ".join(f"{k} {v}" for k, v in p.get("chosen", {}).items())
     machine = f"{p['cores']} cores" + (f", {p['memory_mb']} MB" if p.get("memory_mb") else "") if p.get("cores") else ""
     return f"{p['workers']} workers x {threads} thread(s); {solo}" + (f" ({how}; machine: {machine})" if how else "")
+
+
+def _claim(job: Job) -> bool:
+    """True if the caller is to answer ``job`` (always, except a Frigate frame already answered)."""
+    claim = getattr(job, "claim", None)
+    return claim is None or claim.acquire(blocking=False)
 
 
 def _ipc_alive(ctx: zmq.Context, endpoint: str) -> bool:

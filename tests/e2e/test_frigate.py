@@ -108,8 +108,9 @@ def test_hot_swap_at_10_fps_loses_no_frame_to_a_timeout(daemon_factory, sockdir,
             src = tmp_path / "v2.tflite"
             src.write_bytes(tb.ssd_detector_model(gain=1 / 16))
             pack(src, name="detector", version="v2", repo=det_repo, runtime=os.environ.get("EDGED_RUNTIME", "auto"))
-            wait_until(lambda: state_of(d, "v2", "detector")["state"] in ("probation", "committed"), "swap to v2",
-                       daemon=d)
+            # Watch the replies, not `edged ctl` (a CLI process every 50 ms would load this 2-core box
+            # more than the swap does): v2 finds the half cell with ~0.98.
+            wait_until(lambda: scores[-1] > 0.95, "replies from v2", daemon=d)
             seen = len(scores)
             wait_until(lambda: len(scores) >= seen + 5, "frames after the swap", daemon=d)
         finally:
@@ -117,6 +118,7 @@ def test_hot_swap_at_10_fps_loses_no_frame_to_a_timeout(daemon_factory, sockdir,
             sender.join(timeout=30)
         assert client.timeouts == 0, f"{client.timeouts} frame(s) lost to Frigate's 200 ms timeout"
         assert not client.errors
+    assert state_of(d, "v2", "detector")["state"] == "probation"
     assert scores[0] == pytest.approx(0.496, abs=0.01) and scores[-1] > 0.95, scores
     assert all(s > 0.4 for s in scores), "every frame was answered with its detection"
 

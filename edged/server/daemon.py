@@ -80,6 +80,10 @@ _LIVE_SERVER_KEYS = frozenset({"log_level", "grace_period_s", "queue_size", "max
 #: Sockets that are CURVE servers on tcp:// when [security] has a key (not Frigate's: it cannot do CURVE).
 _CURVE_SOCKETS = frozenset({"predict", "control", "events"})
 
+#: ``[frigate]`` keys a reload applies at once; the others are the socket, bound at start.
+_FRIGATE_LIVE_KEYS = ("model", "min_score", "budget_ms", "accept_pushed_models")
+_FRIGATE_SOCKET_KEYS = ("endpoint", "socket_group", "socket_mode", "allow_tcp")
+
 #: Seconds shutdown waits for the worker and swap threads after the grace period.
 _JOIN_S = 2.0
 
@@ -813,6 +817,8 @@ class Daemon:
                 restart_needed.append("repository.path")
                 new.repository.path = self.config.repository.path
             restart_needed += self._reload_security(new)
+            restart_needed += [f"frigate.{k}" for k in _FRIGATE_SOCKET_KEYS
+                               if getattr(new.frigate, k) != getattr(self.config.frigate, k)]
             if restart_needed:
                 log.warning("reload: %s change only on restart", ", ".join(restart_needed))
             for key in _LIVE_SERVER_KEYS:  # before power: the governor reads queue_size
@@ -826,6 +832,8 @@ class Daemon:
             self.scheduler.queue_size = new.server.queue_size
             self.config.repository = new.repository
             self.config.power = new.power
+            for key in _FRIGATE_LIVE_KEYS:  # the endpoint reads self.config.frigate at each frame
+                setattr(self.config.frigate, key, getattr(new.frigate, key))
             self.power.configure(new.power)
             for t in self._timers:
                 if t.name == "power":

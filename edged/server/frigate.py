@@ -60,6 +60,8 @@ _DROP_REASONS = {
 _QUIET = frozenset({"throttled", "budget", "shutting_down"})
 
 _NO_DETECTIONS = detection.no_detections().tobytes()
+#: Distinct problems logged at most; past it, one line says so (a hostile peer could vary names forever).
+_MAX_LOGGED = 256
 
 
 class FrigateEndpoint:
@@ -144,11 +146,14 @@ class FrigateEndpoint:
         return _NO_DETECTIONS
 
     def log_once(self, key: str, level: int, msg: str, *args: Any) -> None:
+        """Log ``msg`` the first time ``key`` is seen (any thread); arguments are shortened."""
         with self._log_lock:
-            if key in self._logged:
+            if key in self._logged or len(self._logged) > _MAX_LOGGED:
                 return
             self._logged.add(key)
-        log.log(level, msg, *args)
+            if len(self._logged) > _MAX_LOGGED:
+                msg, args = "more than %d distinct Frigate problems; no more are logged (see stats)", (_MAX_LOGGED,)
+        log.log(level, msg, *(_short(a) for a in args))
 
     # -- the main loop's hooks ----------------------------------------------------------------
 
@@ -273,6 +278,11 @@ class FrigateEndpoint:
                 swapped(None, exc)
 
         self.call_soon(swap)
+
+
+def _short(value: Any) -> Any:
+    """Peer-supplied text in a log line: at most 200 characters."""
+    return value if not isinstance(value, str) or len(value) <= 200 else value[:200] + "..."
 
 
 def _input_hwc(model: Any) -> tuple[int, int, int]:

@@ -204,3 +204,61 @@ def test_frigate_socket_is_off_unless_configured(daemon_factory, sockdir, det_re
     d = daemon_factory(det_repo)
     assert not list(sockdir.glob("**/zmq_detector"))
     assert json.loads(d.cli("ctl", "status", "--json").stdout)["state"] == "running"
+
+
+def test_reload_applies_min_score_at_once_and_reports_socket_keys(daemon_factory, sockdir, det_repo, tmp_path):
+    endpoint = f"ipc://{sockdir}/frigate/zmq_detector"
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(f'[frigate]\nendpoint = "{endpoint}"\n')
+    d = daemon_factory(det_repo, "--config", str(cfg))
+    with FrigateZmqClient(endpoint, "/config/model.tflite") as client:
+        assert client.detect_raw(_half_green())[0, 1] == pytest.approx(0.496, abs=0.01)
+        cfg.write_text(f'[frigate]\nendpoint = "{endpoint}"\nmin_score = 0.6\nsocket_mode = 0o600\n')
+        r = d.cli("ctl", "reload", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["restart_needed"] == ["frigate.socket_mode"]
+        assert not client.detect_raw(_half_green()).any()
+        assert client.timeouts == 0
+
+
+def yolo_like_model() -> bytes:
+    """float32 [1, 32, 32, 3] -> one [1, 4 + 3, 16] output (centre x/y, w, h in pixels, 3 class scores)."""
+    rng = np.random.default_rng(3)
+    g = tb.GraphBuilder()
+    x = g.input("images", [1, 32, 32, 3])
+    flat = g.reshape(x, [1, 32 * 32 * 3], "flat")
+    w = rng.normal(0, 1 / 16, (7 * 16, 32 * 32 * 3)).astype(np.float32)
+    # Row-major [7, 16]: centre x and y (4..28 px), width and height (4..12 px), then 3 class scores.
+    b = np.concatenate([rng.uniform(4, 28, 32), rng.uniform(4, 12, 32), rng.uniform(-0.2, 0.9, 48)]).astype(np.float32)
+    y = g.tensor("fc", [1, 7 * 16])
+    g.op("FULLY_CONNECTED", [flat, g.const("w", w), g.const("b", b)], [y])
+    out = g.reshape(y, [1, 7, 16], "output0")
+    return g.build([out])
+
+
+def test_yolo_generic_frames_equal_in_process_post_processing(daemon_factory, sockdir, tmp_path):
+    from edged.runtime import detection
+
+    src = tmp_path / "yolo.tflite"
+    src.write_bytes(yolo_like_model())
+    repo = tmp_path / "repo"
+    pack(src, name="yolo", version="v1", repo=repo, runtime=os.environ.get("EDGED_RUNTIME", "auto"))
+    d, endpoint = start(daemon_factory, sockdir, repo)
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 32, 32, 3), dtype=np.float32) for _ in range(8)]
+    with FrigateZmqClient(endpoint, "/config/model_cache/yolo.onnx", model_type="yologeneric") as client:
+        got = [client.detect_raw(img) for img in images]
+        assert client.timeouts == 0 and not client.errors
+    runtime = os.environ.get("EDGED_RUNTIME", "auto")
+    module = "tflite_runtime.interpreter" if runtime == "tflite-runtime" else "ai_edge_litert.interpreter"
+    it = importlib.import_module(module).Interpreter(model_path=str(src))
+    it.allocate_tensors()
+    detected = 0
+    for img, g in zip(images, got):
+        it.set_tensor(it.get_input_details()[0]["index"], img)
+        it.invoke()
+        want = detection.yolo_generic([it.get_tensor(it.get_output_details()[0]["index"])], 32, 32, 0.4)
+        np.testing.assert_allclose(g, want, atol=1e-5)
+        detected += int(np.count_nonzero(want[:, 1]))
+    assert detected > 8, "the frames should hold detections"
+    assert d.log().count("is answered by edged model yolo") == 1

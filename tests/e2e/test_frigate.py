@@ -21,6 +21,7 @@ from edged.testing import tflite_build as tb
 from tests.e2e.frigate_client import FrigateZmqClient, frigate_tflite_detect_raw
 from tests.e2e.repohelpers import state_of, wait_until
 from tests.e2e.test_power import power_config, write_sensor
+from tests.e2e.test_security import free_port, keys  # noqa: F401 - keys is a fixture
 
 pytestmark = [pytest.mark.e2e]
 
@@ -262,3 +263,19 @@ def test_yolo_generic_frames_equal_in_process_post_processing(daemon_factory, so
         detected += int(np.count_nonzero(want[:, 1]))
     assert detected > 8, "the frames should hold detections"
     assert d.log().count("is answered by edged model yolo") == 1
+
+
+def test_frigate_tcp_stays_plaintext_when_the_daemon_uses_curve(daemon_factory, det_repo, keys, tmp_path):
+    """Frigate cannot do CURVE: its opt-in TCP endpoint is never made a CURVE server."""
+    predict, control, frigate = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(f'[security]\nserver_secret_key = "{keys["dir"] / "server.key_secret"}"\n'
+                   f'client_keys_dir = "{keys["allowed"]}"\n'
+                   f'[frigate]\nendpoint = "{frigate}"\nallow_tcp = true\n')
+    d = daemon_factory(det_repo, "--config", str(cfg), "--endpoint", predict, "--control-endpoint", control,
+                       ready=False)
+    wait_until(lambda: d.proc.poll() is not None or "ready in" in d.log(), "the daemon to start", daemon=d)
+    assert d.proc.poll() is None, d.log()
+    with FrigateZmqClient(frigate, "/config/model.tflite") as client:
+        assert client.model_ready, client.errors
+        assert client.detect_raw(_half_green())[0, 1] == pytest.approx(0.496, abs=0.01)

@@ -42,8 +42,8 @@ from edged.runtime.backends import select_backend
 from edged.seams import Clock
 from edged.server.auth import CurveAuth, zap_domain
 from edged.server.dispatch import Request, dispatch, encode_reply, error_reply
-from edged.server.instance import REPOSITORY_LOCK, RUNTIME_LOCK, InstanceLock
 from edged.server.frigate import FrigateEndpoint
+from edged.server.instance import REPOSITORY_LOCK, RUNTIME_LOCK, InstanceLock
 from edged.server.metrics import Stats, prometheus_text, serve_metrics
 from edged.server.notify import Notifier, WatchdogGate
 from edged.server.powerctl import PowerController
@@ -206,7 +206,8 @@ class Daemon:
         changed but the creation of missing directories and lock files.
         """
         cfg = self.config
-        endpoints = [("predict", cfg.endpoint), ("control", cfg.control_endpoint), ("events", cfg.events_endpoint)]
+        endpoints = [("predict", cfg.endpoint), ("control", cfg.control_endpoint), ("events", cfg.events_endpoint),
+                     ("frigate", cfg.frigate.endpoint)]
         dirs: list[Path] = []
         for name, endpoint in endpoints:
             if not endpoint or not endpoint.startswith("ipc://"):
@@ -422,7 +423,7 @@ class Daemon:
             self.metrics_server.close()
         # Past the grace period: what never started is answered, not dropped.
         for job in self.scheduler.drain():
-            if not _claim(job):
+            if not _answer_is_mine(job):
                 continue  # a Frigate frame already answered at its budget
             self.stats.shed(job.model.name, job.model.version)
             self.post(job.req, error_reply(job.req.id, job.req.op,
@@ -649,7 +650,7 @@ class Daemon:
             job = self.scheduler.get(worker_id)
             if job is None:
                 return
-            if not _claim(job):
+            if not _answer_is_mine(job):
                 self.scheduler.done()  # already answered by the main loop (past its budget)
                 continue
             try:
@@ -875,7 +876,7 @@ def describe_parallelism(p: dict[str, Any]) -> str:
     return f"{p['workers']} workers x {threads} thread(s); {solo}" + (f" ({how}; machine: {machine})" if how else "")
 
 
-def _claim(job: Job) -> bool:
+def _answer_is_mine(job: Job) -> bool:
     """True if the caller is to answer ``job`` (always, except a Frigate frame already answered)."""
     claim = getattr(job, "claim", None)
     return claim is None or claim.acquire(blocking=False)

@@ -279,3 +279,12 @@ def test_frigate_tcp_stays_plaintext_when_the_daemon_uses_curve(daemon_factory, 
     with FrigateZmqClient(frigate, "/config/model.tflite") as client:
         assert client.model_ready, client.errors
         assert client.detect_raw(_half_green())[0, 1] == pytest.approx(0.496, abs=0.01)
+
+
+def test_a_frigate_socket_directory_others_can_write_is_refused(daemon_factory, sockdir, det_repo):
+    shared = sockdir / "shared"
+    shared.mkdir()
+    shared.chmod(0o770)  # group-writable: a group member could replace the socket and answer Frigate
+    d = daemon_factory(det_repo, "--frigate-endpoint", f"ipc://{shared}/zmq_detector", ready=False)
+    assert d.proc.wait(timeout=60) != 0
+    assert "refusing frigate endpoint" in d.log()

@@ -85,6 +85,7 @@ def test_frames_equal_in_process_computation_with_frigates_rule(daemon_factory, 
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, atol=1e-6)
     assert "Frigate model 'ssd_mobiledet.tflite' is answered by edged model detector" in d.log()
+    assert json.loads(d.cli("ctl", "status", "--json").stdout)["endpoints"]["frigate"] == endpoint
     m = stats(d)["models"][0]
     assert (m["model"], m["version"], m["requests"]) == ("detector", "v1", 12)
 
@@ -204,7 +205,8 @@ def _half_green() -> np.ndarray:
 def test_frigate_socket_is_off_unless_configured(daemon_factory, sockdir, det_repo):
     d = daemon_factory(det_repo)
     assert not list(sockdir.glob("**/zmq_detector"))
-    assert json.loads(d.cli("ctl", "status", "--json").stdout)["state"] == "running"
+    status = json.loads(d.cli("ctl", "status", "--json").stdout)
+    assert status["state"] == "running" and "frigate" not in status["endpoints"]
 
 
 def test_reload_applies_min_score_at_once_and_reports_socket_keys(daemon_factory, sockdir, det_repo, tmp_path):

@@ -1,0 +1,91 @@
+"""FrigateEndpoint without sockets: budget expiry, reply encoding, log-once (edged/server/frigate.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edged.config import FrigateConfig
+from edged.server.dispatch import Request
+from edged.server.frigate import FrigateEndpoint
+from edged.server.metrics import Stats
+
+
+class FakeDaemon:
+    def __init__(self) -> None:
+        self.stats = Stats()
+        self.replies: list[tuple[Request, dict[str, Any]]] = []
+        self.woken = 0
+
+    def reply(self, req: Request, header: dict[str, Any]) -> None:
+        self.replies.append((req, header))
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+def frame_job(deadline: float, taken: bool = False) -> Any:
+    req = Request("frigate", [b"peer", b""], {"op": "frigate_detect"}, [], deadline - 0.15)
+    job = SimpleNamespace(req=req, deadline=deadline, claim=threading.Lock(),
+                          model=SimpleNamespace(name="detector", version="v1"))
+    if taken:
+        job.claim.acquire()  # a worker has it
+    return job
+
+
+def test_expire_answers_only_unclaimed_frames_past_their_budget():
+    daemon = FakeDaemon()
+    ep = FrigateEndpoint(daemon, FrigateConfig(budget_ms=150))
+    late, running, fresh = frame_job(10.0), frame_job(10.05, taken=True), frame_job(10.2)
+    for job in (late, running, fresh):
+        ep.track(job)
+    assert ep.expire(10.1) == pytest.approx(0.1)
+    assert [r for r, _ in daemon.replies] == [late.req]
+    assert daemon.replies[0][1]["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert not late.claim.acquire(blocking=False), "the worker that takes it later must skip it"
+    assert daemon.stats.snapshot()["models"][0]["shed"] == 1
+    assert ep.expire(11.0) == 3600.0
+    assert [r for r, _ in daemon.replies] == [late.req, fresh.req]
+
+
+def test_failed_frames_encode_to_zeros_and_count_by_reason():
+    daemon = FakeDaemon()
+    ep = FrigateEndpoint(daemon, FrigateConfig())
+    req = Request("frigate", [], {"op": "frigate_detect"}, [], 0.0)
+    for code, reason in (("THROTTLED", "throttled"), ("DEADLINE_EXCEEDED", "budget"), ("BAD_SHAPE", "input"),
+                         ("INTERNAL", "error")):
+        (frame,) = ep.encode(req, {"ok": False, "error": {"code": code, "message": "m"}}, [])
+        assert len(frame) == 480 and not np.frombuffer(frame, np.float32).any()
+    ep.encode(req, {"ok": False, "error": {"code": "BAD_REQUEST", "message": "m", "frigate_reason": "model_type"}},
+              [])
+    assert daemon.stats.snapshot()["frigate_dropped"] == {
+        "budget": 1, "error": 1, "input": 1, "model_type": 1, "throttled": 1}
+
+
+def test_hand_shake_replies_are_single_json_frames_even_on_errors():
+    ep = FrigateEndpoint(FakeDaemon(), FrigateConfig())
+    model = Request("frigate", [], {"op": "frigate_model", "model_name": "x.tflite"}, [], 0.0)
+    push = Request("frigate", [], {"op": "frigate_push", "model_name": "x.tflite"}, [], 0.0)
+    error = {"ok": False, "error": {"code": "UNKNOWN_MODEL", "message": "none"}}
+    assert json.loads(ep.encode(model, dict(error), [])[0]) == {"model_available": False, "model_loaded": False}
+    assert json.loads(ep.encode(push, dict(error), [])[0]) == {"model_saved": False, "model_loaded": False}
+    ok = {"ok": True, "frigate": {"model_available": True, "model_loaded": True}}
+    assert json.loads(ep.encode(model, ok, [])[0]) == {"model_available": True, "model_loaded": True}
+
+
+def test_log_once_per_key_and_bounded(caplog):
+    ep = FrigateEndpoint(FakeDaemon(), FrigateConfig())
+    with caplog.at_level(logging.INFO, logger="edged.frigate"):
+        for _ in range(3):
+            ep.log_once("same", logging.ERROR, "problem %s", "x" * 500)
+        for i in range(400):
+            ep.log_once(f"k{i}", logging.ERROR, "problem %s", i)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "problem " + "x" * 200 + "..."
+    assert len(lines) == 257 and "no more are logged" in lines[-1]  # 256 problems, then one notice

@@ -12,6 +12,7 @@ The full reference with every key is docs/configuration.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -621,11 +622,15 @@ MAX_AUTO_SOLO_THREADS = 8
 MEMORY_PER_AUTO_WORKER = 128 * 2**20
 
 
-def machine() -> tuple[int, int | None]:
-    """(usable cores, total memory in bytes or None): the facts the automatic defaults use.
+def machine(cgroup_root: Path = Path("/sys/fs/cgroup"),
+            proc_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[int, int | None]:
+    """(usable cores, memory in bytes or None): the facts the automatic defaults use.
 
     Cores are those this process may run on (``sched_getaffinity``: a cpuset or
-    ``taskset`` narrows them), not every core of the board.
+    ``taskset`` narrows them), rounded up to a CPU quota of its cgroup
+    (``CPUQuota=`` of a systemd unit, a container's ``--cpus``); memory is the
+    board's, or its cgroup's limit when lower (``MemoryMax=``).  An unreadable
+    cgroup file counts as no limit.
     """
     try:
         cores = len(os.sched_getaffinity(0))
@@ -635,7 +640,50 @@ def machine() -> tuple[int, int | None]:
         memory: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):
         memory = None
+    quota, mem_limit = _cgroup_limits(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    if mem_limit is not None and (memory is None or mem_limit < memory):
+        memory = mem_limit
     return max(1, cores), memory
+
+
+def _cgroup_limits(root: Path, proc_cgroup: Path) -> tuple[float | None, int | None]:
+    """(CPU quota in cores, memory limit in bytes) of this process's cgroup (v2, else v1); None = none."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None, None
+    paths: dict[str, str] = {}
+    for line in lines:
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        for c in controllers.split(",") if controllers else [""]:
+            paths[c] = path.lstrip("/")
+
+    def read(*parts: str) -> str | None:
+        try:
+            return root.joinpath(*parts).read_text().strip()
+        except (OSError, ValueError):
+            return None
+
+    quota: float | None = None
+    memory: int | None = None
+    if "" in paths:  # cgroup v2: "cpu.max" = "<quota> <period>" or "max <period>"
+        fields = (read(paths[""], "cpu.max") or "max").split()
+        if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit() and int(fields[1]) > 0:
+            quota = int(fields[0]) / int(fields[1])
+        limit = read(paths[""], "memory.max")
+        memory = int(limit) if limit and limit.isdigit() else None
+    if quota is None and "cpu" in paths:  # v1: cfs_quota_us is -1 without a quota
+        q, period = read("cpu", paths["cpu"], "cpu.cfs_quota_us"), read("cpu", paths["cpu"], "cpu.cfs_period_us")
+        if q and period and q.isdigit() and period.isdigit() and int(period) > 0:
+            quota = int(q) / int(period)
+    if memory is None and "memory" in paths:
+        limit = read("memory", paths["memory"], "memory.limit_in_bytes")
+        # v1 says "no limit" with a huge number (page-rounded LONG_MAX).
+        memory = int(limit) if limit and limit.isdigit() and int(limit) < 2**62 else None
+    return quota, memory
 
 
 def derive_parallelism(config: Config, cores: int, memory: int | None) -> None:

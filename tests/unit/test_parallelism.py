@@ -100,3 +100,32 @@ def test_no_solo_interpreter_unless_it_has_more_threads(backend, tmp_path, num_t
                                   solo_threads=solo_threads))
     r = m.run([np.ones((1, 8, 8, 1), np.float32)], alone=True)
     assert m.solo_threads == 0 and r.threads == num_threads
+
+
+def cgroup(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (tmp_path / "proc_cgroup").write_text(proc)
+    return root, tmp_path / "proc_cgroup"
+
+
+def test_a_cgroup_v2_quota_and_memory_limit_narrow_the_machine(tmp_path):
+    root, proc = cgroup(tmp_path, "0::/system.slice/edged.service\n",
+                        {"system.slice/edged.service/cpu.max": "100000 100000\n",
+                         "system.slice/edged.service/memory.max": "268435456\n"})
+    assert config.machine(root, proc) == (1, 256 * 2**20)
+    cfg = derived(*config.machine(root, proc))
+    assert (cfg.server.workers, cfg.runtime.solo_threads) == (1, 1)  # one core: no solo interpreter
+
+
+def test_a_cgroup_v1_quota_rounds_up_and_no_limit_means_the_board(tmp_path):
+    root, proc = cgroup(tmp_path, "4:memory:/box\n1:cpu,cpuacct:/box\n",
+                        {"cpu/box/cpu.cfs_quota_us": "50000\n", "cpu/box/cpu.cfs_period_us": "100000\n",
+                         "memory/box/memory.limit_in_bytes": "9223372036854771712\n"})
+    assert config._cgroup_limits(root, proc) == (0.5, None)
+    assert config.machine(root, proc)[0] == 1
+    root, proc = cgroup(tmp_path / "none", "0::/\n", {"cpu.max": "max 100000\n", "memory.max": "max\n"})
+    assert config._cgroup_limits(root, proc) == (None, None)
+    assert config._cgroup_limits(tmp_path / "missing", tmp_path / "missing") == (None, None)

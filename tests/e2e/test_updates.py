@@ -168,6 +168,18 @@ def _refused(fleet, d, kind: str) -> dict:
     return result
 
 
+def test_an_unreachable_registry_is_refused_and_the_next_check_still_happens(fleet):
+    from edged.testing import tflite_build as tb
+
+    fleet.publish("v2", tb.random_classifier(seed=2))
+    d = fleet.device("--set", "update.timeout_s=2")
+    fleet.nginx.stop()
+    _refused(fleet, d, "unreachable")
+    fleet.nginx.start()
+    result = check(d)
+    assert result["ok"] and result["installed"] == ["m/v2"], result
+
+
 def test_a_target_altered_after_signing_is_refused_and_nothing_placed(fleet):
     from edged.testing import tflite_build as tb
 

@@ -74,6 +74,10 @@ class ServerConfig:
     #: Worker threads, each running one request at a time; 0 = auto (see :func:`derive_parallelism`).
     workers: int = 0
     queue_size: int = 64
+    #: Most requests one client (one ZeroMQ connection) may have queued at all (0 = no
+    #: cap but ``queue_size``).  Fairness does not need it: clients take turns, and a
+    #: newcomer to a full queue pushes out the newest job of the client holding the most.
+    max_queued_per_client: int = 0
     grace_period_s: float = 10.0
     tick_s: float = 1.0
     max_message_bytes: int = 64 * 1024 * 1024
@@ -275,6 +279,10 @@ class Config:
     control_keys: frozenset[bytes] | None = field(default=None, repr=False)  # None: allowed_keys
 
     @property
+    def max_queued_per_client(self) -> int:
+        return self.server.max_queued_per_client or self.server.queue_size
+
+    @property
     def models_path(self) -> Path:
         return Path(self.repository.path) if self.repository.path else default_models_path()
 
@@ -313,11 +321,24 @@ _FRACTION = {
     "probation.max_accuracy_drop",
 }
 _NON_NEGATIVE = {
-    "server.workers", "server.grace_period_s", "runtime.num_threads", "runtime.solo_threads", "repository.settle_s", "probation.seconds",
+    "server.workers", "server.grace_period_s", "server.max_queued_per_client", "runtime.num_threads", "runtime.solo_threads", "repository.settle_s", "probation.seconds",
     "probation.requests", "probation.max_error_rate", "probation.max_nonfinite_rate", "probation.max_p95_ratio",
     "probation.min_p95_delta_ms", "update.max_rate_kbps", "update.retries", "probation.min_feedback",
     "probation.max_seconds",
     "update.min_battery_percent", "update.max_cpu_percent", "update.min_free_disk_factor",
+}
+
+#: Upper bounds: past them a value is a typo or an attack on the host (100,000 worker
+#: threads, a billion queue slots, a 2**62-byte message cap that overflows ZeroMQ's
+#: option), never a setting.  Lower bounds live in _POSITIVE / _NON_NEGATIVE.
+_GIB = 1 << 30
+_MAXIMUM: dict[str, float] = {
+    "server.workers": 64, "server.queue_size": 65536, "server.max_queued_per_client": 65536,
+    "server.grace_period_s": 3600, "server.tick_s": 60, "server.max_message_bytes": _GIB,
+    "server.max_header_bytes": 16 << 20, "server.max_image_bytes": _GIB, "server.max_image_pixels": 1 << 28,
+    "server.stuck_invoke_s": 86400, "runtime.num_threads": 64, "repository.settle_s": 3600,
+    "repository.validation_timeout_s": 3600, "probation.seconds": 30 * 86400, "probation.requests": 1 << 30,
+    "probation.max_error_rate": 1.0, "probation.max_nonfinite_rate": 1.0, "probation.tries": 100,
 }
 
 
@@ -338,6 +359,8 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, value, "must be a number")
         value = float(value)
+        if not math.isfinite(value):  # TOML has inf and nan
+            raise ConfigError(key, value, "must be a finite number")
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(key, value, "must be a string")
@@ -359,6 +382,8 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
         raise ConfigError(key, value, "must be between 0 and 1")
     if key == "health.window" and value > 100_000:
         raise ConfigError(key, value, "must be <= 100000 (memory is kept per version)")
+    if short in _MAXIMUM and value > _MAXIMUM[short]:
+        raise ConfigError(key, value, f"must be <= {_MAXIMUM[short]}")
     return value
 
 
@@ -405,6 +430,13 @@ def _validate(config: Config) -> None:
         raise ConfigError("server.control_endpoint", config.control_endpoint, "must differ from server.endpoint")
     if config.server.metrics_endpoint:
         check_http_endpoint("server.metrics_endpoint", config.server.metrics_endpoint, config.server.allow_remote)
+    server = config.server
+    if server.max_header_bytes > server.max_message_bytes:
+        raise ConfigError("server.max_header_bytes", server.max_header_bytes,
+                          f"must be <= server.max_message_bytes ({server.max_message_bytes})")
+    if server.max_queued_per_client > server.queue_size:
+        raise ConfigError("server.max_queued_per_client", server.max_queued_per_client,
+                          f"must be <= server.queue_size ({server.queue_size})")
     for key in ("predict_socket_mode", "control_socket_mode"):
         mode = getattr(config.server, key)
         if not 0 <= mode <= 0o777:

@@ -162,8 +162,7 @@ class Governor:
             if PRIORITY_RANK[priority] < PRIORITY_RANK[p.min_priority]:
                 return self._refuse("shed", self.shed_retry_ms,
                                     f"priority {priority} is below {p.min_priority} in profile {p.name}")
-            limit = self._queue_limit()
-            allowed = {"high": self.queue_size, "normal": limit, "low": max(1, limit // 2)}[priority]
+            allowed = self._allowance(priority)
             if queue_depth >= allowed:
                 return self._refuse("shed", self._drain_ms(now),
                                     f"queue has {queue_depth} waiting, {priority} limit is {allowed} in profile {p.name}")
@@ -246,6 +245,15 @@ class Governor:
         self._refilled_at = max(self._refilled_at, now)
         if self._profile.max_rps is not None:
             self._tokens = min(self._burst(), self._tokens + elapsed * self._profile.max_rps)
+
+    def queue_allowance(self, priority: str) -> int:
+        """How many queued requests a request of ``priority`` may find and still be admitted."""
+        with self._lock:
+            return self._allowance(priority)
+
+    def _allowance(self, priority: str) -> int:
+        limit = self._queue_limit()
+        return {"high": self.queue_size, "normal": limit, "low": max(1, limit // 2)}[priority]
 
     def _queue_limit(self) -> int:
         q = self._profile.queue_size

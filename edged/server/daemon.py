@@ -74,8 +74,9 @@ class Job:
 #: ``[server]`` keys a reload applies at once; a change to any other is reported as
 #: ``restart_needed`` (sockets, workers, the metrics server and the log format are
 #: set up once; the ZeroMQ message-size cap is a socket option taken at bind).
-_LIVE_SERVER_KEYS = frozenset({"log_level", "grace_period_s", "queue_size", "max_header_bytes", "max_image_bytes",
-                               "max_image_pixels", "image_formats", "stuck_invoke_s"})
+_LIVE_SERVER_KEYS = frozenset({"log_level", "grace_period_s", "queue_size", "max_queued_per_client",
+                               "max_header_bytes", "max_image_bytes", "max_image_pixels", "image_formats",
+                               "stuck_invoke_s"})
 
 #: Sockets that are CURVE servers on tcp:// when [security] has a key (not Frigate's: it cannot do CURVE).
 _CURVE_SOCKETS = frozenset({"predict", "control", "events"})
@@ -143,7 +144,7 @@ class Daemon:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         # Stats before models: a rollback at boot (crash during probation) is published and counted.
-        self.scheduler = Scheduler(cfg.server.queue_size)
+        self.scheduler = Scheduler(cfg.server.queue_size, cfg.max_queued_per_client)
         self.stats = Stats(queue_depth=self.scheduler.depth)
         self.models = ModelManager(cfg, self.backend, clock=self.clock, emit=self.publish)
         self.models.start()
@@ -632,15 +633,23 @@ class Daemon:
         model = self.models.get(h.get("model"))
         priority = h.get("priority", "normal")
         wait = bool(h.get("wait", False))
-        self.power.admit(model, priority, wait)
+        client = req.envelope[0].bytes  # the ROUTER identity: fairness is per connection
+        self.power.admit(model, priority, wait, client)
         deadline = req.received + h["deadline_ms"] / 1000.0 if h.get("deadline_ms") is not None else None
         req.extra["model"] = model
         job = Job(req, model, deadline, int(h.get("top_k", 0)), priority, wait)
         try:
-            self.scheduler.submit(job, priority)
+            evicted = self.scheduler.submit(job, priority, client=client,
+                                            capacity=self.power.governor.queue_allowance(priority))
         except Throttled:
             self.stats.shed(model.name, model.version)
             raise
+        # The queue was full: the connection holding the most gave up its newest job.
+        if evicted is not None and _answer_is_mine(evicted):
+            self.stats.shed(evicted.model.name, evicted.model.version)
+            self.reply(evicted.req, error_reply(evicted.req.id, evicted.req.op, Throttled(
+                "pushed out of a full queue by another client's request (this connection held the most queued)",
+                retry_after_ms=50)))
         return job
 
     def _worker(self, worker_id: int) -> None:
@@ -832,6 +841,7 @@ class Daemon:
                 self.config.allowed_keys, self.config.control_keys = new.allowed_keys, new.control_keys
             logging.getLogger("edged").setLevel(new.server.log_level.upper())
             self.scheduler.queue_size = new.server.queue_size
+            self.scheduler.max_per_client = new.max_queued_per_client
             self.config.repository = new.repository
             self.config.power = new.power
             for key in _FRIGATE_LIVE_KEYS:  # the endpoint reads self.config.frigate at each frame

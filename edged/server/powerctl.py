@@ -86,9 +86,14 @@ class PowerController:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def admit(self, model: Any, priority: str, wait: bool) -> None:
-        """Door check for one predict; raises :class:`Throttled` (with retry_after_ms)."""
-        adm = self.governor.admit(priority, self.clock.monotonic(), self.daemon.scheduler.depth())
+    def admit(self, model: Any, priority: str, wait: bool, client: Any = b"") -> None:
+        """Door check for one predict from ``client``; raises :class:`Throttled` (with retry_after_ms).
+
+        The queue depth judged is the one ``client`` would find: a place the scheduler
+        would free for it by pushing out a bigger holder's newest job does not count.
+        """
+        depth = self.daemon.scheduler.depth_for(client)
+        adm = self.governor.admit(priority, self.clock.monotonic(), depth)
         if adm.ok:
             return
         if wait and adm.counter == "throttled":

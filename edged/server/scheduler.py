@@ -1,7 +1,18 @@
-"""A bounded, prioritised job queue between the main loop and the worker threads.
+"""A bounded, prioritised, per-client fair job queue between the main loop and the worker threads.
 
-High-priority jobs are taken first, then normal, then low.  ``submit`` never
-blocks: a full queue is answered at once with ``THROTTLED`` so a client never
+High-priority jobs are taken first, then normal, then low.  Fairness is per
+client (one ZeroMQ connection):
+
+* within a priority, the clients with queued jobs take turns (round robin), so
+  a request waits behind about one job per busy client, not behind a flood;
+* a full queue does not lock newcomers out: a job from a client holding fewer
+  queued jobs pushes out the newest queued job of the client holding the most
+  (max-min fairness, like a fair queue's drop from the longest flow).  The
+  pushed-out job is returned to the caller, which answers it ``THROTTLED``.  A
+  client alone may still use the whole queue;
+* optionally, ``max_per_client`` caps what one client may hold at all.
+
+``submit`` never blocks: a refusal is ``THROTTLED`` at once, so a client never
 hangs on a busy daemon.
 """
 
@@ -17,9 +28,14 @@ _ORDER = ("high", "normal", "low")
 
 
 class Scheduler:
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, max_per_client: int | None = None) -> None:
         self.queue_size = queue_size
-        self._queues: dict[str, deque[Any]] = {p: deque() for p in _ORDER}
+        self.max_per_client = max_per_client or queue_size
+        # priority -> client -> its jobs; dict order is the round-robin ring (the
+        # client served goes to the back), so a turn costs O(1).
+        self._queues: dict[str, dict[Any, deque[Any]]] = {p: {} for p in _ORDER}
+        self._queued = 0
+        self._per_client: dict[Any, int] = {}
         self._cond = threading.Condition()
         self._closed = False
         self.active = 0  # jobs taken by workers and not yet done
@@ -27,21 +43,65 @@ class Scheduler:
 
     def depth(self) -> int:
         with self._cond:
-            return sum(len(q) for q in self._queues.values())
+            return self._queued
 
-    def submit(self, job: Any, priority: str = "normal", retry_after_ms: int = 50) -> None:
-        """Queue ``job``; raises :class:`Throttled` when the queue is full.
-        """
+    def depth_for(self, client: Any) -> int:
+        """The queue depth ``client`` competes with: a place :meth:`submit` would free for it does not count."""
         with self._cond:
-            if sum(len(q) for q in self._queues.values()) >= self.queue_size:
-                raise Throttled(f"queue full ({self.queue_size} waiting)", retry_after_ms=retry_after_ms)
-            self._queues[priority].append(job)
+            return self._queued - (1 if self._hog_over(self._per_client.get(client, 0)) is not None else 0)
+
+    def _hog_over(self, held: int) -> Any | None:
+        """The client holding the most queued jobs, if it holds more than ``held`` + 1."""
+        hog = max(self._per_client, key=self._per_client.__getitem__, default=None)
+        return hog if hog is not None and self._per_client[hog] > held + 1 else None
+
+    def submit(self, job: Any, priority: str = "normal", retry_after_ms: int = 50, client: Any = b"",
+               capacity: int | None = None) -> Any | None:
+        """Queue ``job`` for ``client``; returns the job it pushed out of a full queue, if any.
+
+        ``capacity`` (at most ``queue_size``) is the queue length this job may find,
+        e.g. a power profile's limit.  Raises :class:`Throttled` when ``client``
+        already holds ``max_per_client`` jobs, or when the queue is full and no client
+        holds more than ``client`` + 1: then there is nobody fairer to take the place from.
+        """
+        full = self.queue_size if capacity is None else min(capacity, self.queue_size)
+        with self._cond:
+            held = self._per_client.get(client, 0)
+            if held >= self.max_per_client < self.queue_size:  # a cap below the queue's own
+                raise Throttled(f"this client already has {held} requests queued (limit {self.max_per_client} "
+                                "per client)", retry_after_ms=retry_after_ms)
+            evicted = None
+            if self._queued >= full:
+                hog = self._hog_over(held)
+                if hog is None:
+                    raise Throttled(f"queue full ({self._queued} waiting)", retry_after_ms=retry_after_ms)
+                evicted = self._evict(hog)
+            ring = self._queues[priority]
+            jobs = ring.get(client)
+            if jobs is None:
+                jobs = ring[client] = deque()
+            jobs.append(job)
+            self._per_client[client] = held + 1
+            self._queued += 1
             # With a bound, the one thread notify() picks may be a worker that must not
             # take the job, so every waiter is woken (there are only ``workers`` of them).
             if self.max_active is None:
                 self._cond.notify()
             else:
                 self._cond.notify_all()
+            return evicted
+
+    def _evict(self, client: Any) -> Any:
+        # The newest job of the client's lowest priority: the one it can best spare.
+        for p in reversed(_ORDER):
+            jobs = self._queues[p].get(client)
+            if jobs:
+                job = jobs.pop()
+                if not jobs:
+                    del self._queues[p][client]
+                self._release(client)
+                return job
+        raise AssertionError(f"client {client!r} counted as holding jobs but has none")  # pragma: no cover
 
     def get(self, worker_id: int | None = None) -> Any | None:
         """Block until ``worker_id`` may take a job and one is queued; None once closed."""
@@ -68,10 +128,25 @@ class Scheduler:
         if bound is not None and (self.active >= bound or (worker_id is not None and worker_id >= bound)):
             return None
         for p in _ORDER:
-            if self._queues[p]:
+            ring = self._queues[p]
+            if ring:
+                client = next(iter(ring))
+                jobs = ring.pop(client)
+                job = jobs.popleft()
+                if jobs:
+                    ring[client] = jobs  # to the back of the ring: the next client's turn
+                self._release(client)
                 self.active += 1
-                return self._queues[p].popleft()
+                return job
         return None
+
+    def _release(self, client: Any) -> None:
+        self._queued -= 1
+        held = self._per_client[client] - 1
+        if held:
+            self._per_client[client] = held
+        else:
+            del self._per_client[client]
 
     def done(self) -> None:
         with self._cond:
@@ -79,7 +154,7 @@ class Scheduler:
             # Only a bound can hold a queued job back from a waiting worker; without
             # one, a finished job frees nothing a waiter could use, and waking the idle
             # worker for nothing costs the finishing one a GIL hand-off on its reply.
-            if self.max_active is not None and any(self._queues.values()):
+            if self.max_active is not None and self._queued:
                 self._cond.notify_all()
 
     def alone(self) -> bool:
@@ -94,14 +169,16 @@ class Scheduler:
 
     def idle(self) -> bool:
         with self._cond:
-            return self.active == 0 and not any(self._queues.values())
+            return self.active == 0 and not self._queued
 
     def drain(self) -> list[Any]:
         """Remove and return every queued job (highest priority first); running ones are not touched."""
         with self._cond:
-            jobs = [job for p in _ORDER for job in self._queues[p]]
-            for q in self._queues.values():
-                q.clear()
+            jobs = [job for p in _ORDER for q in self._queues[p].values() for job in q]
+            for ring in self._queues.values():
+                ring.clear()
+            self._per_client.clear()
+            self._queued = 0
             return jobs
 
     def close(self) -> None:

@@ -87,3 +87,98 @@ def test_nan_inputs_during_probation_do_not_condemn_a_good_version(daemon_factor
             c.predict(GOLDEN)
     wait_until(lambda: versions(d)["committed"] == "v2", "v2 committed", daemon=d)
     assert state_of(d, "v2")["state"] == "serving"
+
+
+@pytest.mark.parametrize("setting", ["server.max_message_bytes=4611686018427387904", "server.workers=100000",
+                                     "server.queue_size=1e9", "server.tick_s=inf"])
+def test_absurd_limits_are_refused_naming_the_key(daemon_factory, repo, setting):
+    d = daemon_factory(repo, "--set", setting, ready=False)
+    assert d.stop(sig=None) == 7, d.log()  # CONFIG_INVALID, before anything is bound
+    key = setting.split("=")[0]
+    assert f"config {key} = " in d.log() and "Traceback" not in d.log(), d.log()
+
+
+class Flood:
+    """Two raw connections to one daemon: ``flood`` pipelines, ``polite`` sends one request."""
+
+    HEADER = {"v": 1, "op": "predict", "inputs": [{"dtype": "float32", "shape": [1, 8, 8, 1]}]}
+
+    def __init__(self, daemon) -> None:
+        import zmq
+
+        from tests.e2e.repohelpers import GOLDEN
+
+        self.daemon, self.frame = daemon, GOLDEN.tobytes()
+        ctx = zmq.Context.instance()
+        self.flood, self.polite = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        self.poller = zmq.Poller()
+        for s in (self.flood, self.polite):
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(daemon.endpoint)
+            self.poller.register(s, zmq.POLLIN)
+        self.order: list[str] = []
+        self.codes: dict[str, object] = {}
+
+    def send(self, sock, rid: str) -> None:
+        sock.send_multipart([json.dumps({**self.HEADER, "id": rid}).encode(), self.frame])
+
+    def receive(self, until) -> None:
+        while not until():
+            ready = dict(self.poller.poll(120_000))
+            assert ready, f"replies missing after {self.order}\n{self.daemon.log()}"
+            for s in ready:
+                head = json.loads(s.recv_multipart()[0])
+                self.order.append(head["id"])
+                self.codes[head["id"]] = "ok" if head["ok"] else head["error"]
+
+    def close(self) -> None:
+        self.flood.close()
+        self.polite.close()
+
+    def served_before(self, rid: str) -> list[str]:
+        return [i for i in self.order[:self.order.index(rid)] if self.codes[i] == "ok"]
+
+
+@pytest.fixture
+def slow_repo(tmp_path):
+    from tests.e2e.repohelpers import publish
+
+    repo = tmp_path / "repo"
+    publish(repo, "v1", tb.slow_model(), tmp=tmp_path)
+    return repo
+
+
+def test_a_flooding_client_cannot_lock_others_out_of_a_full_queue(daemon_factory, slow_repo):
+    """Order, not time: the newcomer takes the flood's newest place and is served within a turn or two."""
+    d = daemon_factory(slow_repo, "--set", "server.workers=1", "--set", "server.queue_size=16")
+    f = Flood(d)
+    try:
+        for i in range(30):  # 1 runs, 16 wait, the rest are refused: the queue is full
+            f.send(f.flood, f"f{i}")
+        f.receive(lambda: any(c != "ok" for c in f.codes.values()))
+        f.send(f.polite, "p")
+        f.receive(lambda: len(f.order) == 31)
+    finally:
+        f.close()
+    assert f.codes["p"] == "ok", f.codes["p"]  # used to be THROTTLED: queue full
+    pushed = [c for c in f.codes.values() if c != "ok" and "pushed out" in c["message"]]
+    assert len(pushed) == 1 and pushed[0]["code"] == "THROTTLED"
+    assert len(f.served_before("p")) <= 3, f.order  # used to be every queued flood job first
+
+
+def test_a_client_over_its_configured_share_is_refused_while_others_take_turns(daemon_factory, slow_repo):
+    d = daemon_factory(slow_repo, "--set", "server.workers=1", "--set", "server.queue_size=64",
+                       "--set", "server.max_queued_per_client=20")
+    f = Flood(d)
+    try:
+        for i in range(30):
+            f.send(f.flood, f"f{i}")
+        f.send(f.polite, "p")
+        f.receive(lambda: len(f.order) == 31)
+    finally:
+        f.close()
+    assert f.codes["p"] == "ok", f.codes["p"]
+    refused = [c for c in f.codes.values() if c != "ok"]
+    assert refused and all(c["code"] == "THROTTLED" and "per client" in c["message"] for c in refused), refused
+    # Taking turns: at most the job running when "p" arrived and the next flood job in the ring.
+    assert len(f.served_before("p")) <= 3 and sum(c == "ok" for c in f.codes.values()) >= 15, f.order

@@ -57,6 +57,16 @@ def test_file_then_overrides(tmp_path):
         ('[frigate]\nendpoint = "tcp://0.0.0.0:5555"\nallow_tcp = true\n', "frigate.endpoint", "0.0.0.0"),
         ('[frigate]\nendpoint = "udp://x"\n', "frigate.endpoint", "udp://x"),
         ('[frigate]\nmodle = "x"\n', "frigate.modle", "x"),
+        ('[server]\nworkers = 100000\n', "server.workers", "<= 64"),
+        ('[server]\nqueue_size = 1e9\n', "server.queue_size", "integer"),
+        ('[server]\nqueue_size = 1000000000\n', "server.queue_size", "<= 65536"),
+        ('[server]\nmax_message_bytes = 4611686018427387904\n', "server.max_message_bytes", "<= 1073741824"),
+        ('[server]\ntick_s = inf\n', "server.tick_s", "finite"),
+        ('[server]\ngrace_period_s = nan\n', "server.grace_period_s", "finite"),
+        ('[server]\nmax_message_bytes = 1000\n', "server.max_header_bytes", "max_message_bytes (1000)"),
+        ('[server]\nqueue_size = 8\nmax_queued_per_client = 9\n', "server.max_queued_per_client", "queue_size (8)"),
+        ('[repository.probation]\nmax_error_rate = 2\n', "repository.probation.max_error_rate", "<= 1"),
+        ('[repository.models.m.probation]\ntries = 1000\n', "repository.models.m.probation.tries", "<= 100"),
     ],
 )
 def test_bad_values_name_key_and_value(tmp_path, text, key, value):

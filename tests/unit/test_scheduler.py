@@ -206,3 +206,46 @@ def test_drain_returns_queued_jobs_in_priority_order_and_leaves_running_ones() -
     assert s.try_get(0) == "running"
     assert s.drain() == ["h1", "n1", "n2", "l1"]
     assert s.depth() == 0 and s.active == 1 and not s.idle()
+
+
+def test_clients_take_turns_within_a_priority() -> None:
+    s = Scheduler(queue_size=20)
+    for i in range(5):
+        s.submit(f"flood{i}", client=b"A")
+    s.submit("b0", client=b"B")
+    s.submit("b1", client=b"B")
+    s.submit("c0", client=b"C")
+    s.submit("h", "high", client=b"A")
+    taken = [s.try_get(0) for _ in range(9)]
+    # High first; then one job per client in turn, so B and C never wait behind A's flood.
+    assert taken == ["h", "flood0", "b0", "c0", "flood1", "b1", "flood2", "flood3", "flood4"]
+    assert s.depth() == 0 and s.idle() is False  # all taken, none done
+
+
+def test_one_client_cannot_hold_more_than_its_share() -> None:
+    s = Scheduler(queue_size=8, max_per_client=3)
+    for i in range(3):
+        s.submit(i, client=b"A")
+    with pytest.raises(Throttled, match="limit 3 per client"):
+        s.submit(3, "high", client=b"A")  # the share counts every priority
+    s.submit("b", client=b"B")  # others still get in
+    assert s.try_get(0) == 0
+    s.submit(3, client=b"A")  # a job taken frees a place in the share
+    assert s.depth() == 4
+    assert sorted(map(str, s.drain())) == ["1", "2", "3", "b"]
+    assert s.depth() == 0
+    s.submit("again", client=b"A")  # drain forgot the shares
+
+
+def test_a_newcomer_to_a_full_queue_pushes_out_the_biggest_holder_newest_job() -> None:
+    s = Scheduler(queue_size=4)
+    for i in range(4):
+        s.submit(f"a{i}", client=b"A")  # alone, A may use the whole queue
+    with pytest.raises(Throttled, match="queue full"):
+        s.submit("a4", client=b"A")  # nobody holds more than A
+    assert s.submit("b0", client=b"B") == "a3"
+    assert s.submit("b1", client=b"B") == "a2"
+    with pytest.raises(Throttled, match="queue full"):
+        s.submit("b2", client=b"B")  # 2 and 2: fair already
+    assert s.depth() == 4
+    assert [s.try_get(0) for _ in range(4)] == ["a0", "b0", "a1", "b1"]

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Per-client fairness: a polite client's latency while another client floods the predict socket.
+
+One ``edged serve`` (2 workers, the MobileNet-class model of ``scripts/bench.py``:
+≈5 ms per invoke with 1 thread) serves two kinds of client:
+
+* the **polite** client (this process, one DEALER connection): one predict every
+  ``--interval-ms`` (default 20 ms, a 50 fps camera), waiting for each reply; its
+  round-trip latency is what is reported (p50/p99/max, and how many of its
+  requests were refused with ``THROTTLED``);
+* the **flooder** (a subprocess, one DEALER connection): keeps ``--inflight``
+  (default 200, far more than ``server.queue_size`` = 64) predicts outstanding
+  and sends a new one the moment any reply (answer or refusal) arrives: the most
+  a single connection can ask for.
+
+Scenarios, each on a fresh daemon: ``alone`` (no flooder), then one ``flood``
+run per value of ``--shares`` (``server.max_queued_per_client``; 0 = the default,
+no cap: round robin and push-out only; ``none`` = do not write the key, for a
+checkout that predates it).  The figure of merit is the polite p99 under flood against
+the polite p99 alone.
+
+Usage::
+
+    python scripts/bench_fairness.py [--quick] [--shares 0,64] [--out FILE.json]
+
+Only ipc:// traffic; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # scripts/bench.py; importing it also puts the checkout on sys.path
+from bench import INPUT_SHAPE, bench_env, bench_input, log, machine_facts, ms, scratch, start_daemon
+
+
+def role_flood(args: dict[str, Any]) -> int:
+    """Keep ``inflight`` predicts outstanding until ``stop_at``; print counts of replies by code."""
+    import zmq
+
+    payload = memoryview(bench_input()).cast("B")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(args["endpoint"])
+    meta = [{"dtype": "uint8", "shape": list(INPUT_SHAPE)}]
+    stop_at = float(args["stop_at"])
+    outstanding, sent, codes = 0, 0, {}
+
+    def send() -> None:
+        nonlocal outstanding, sent
+        header = {"v": 1, "id": sent, "op": "predict", "inputs": meta}
+        sock.send_multipart([json.dumps(header, separators=(",", ":")).encode(), payload], copy=False)
+        outstanding += 1
+        sent += 1
+
+    for _ in range(int(args["inflight"])):
+        send()
+    for _ in range(100_000_000):
+        if time.monotonic() >= stop_at:
+            break
+        if not sock.poll(50):
+            continue
+        head = json.loads(sock.recv_multipart()[0])
+        outstanding -= 1
+        code = "ok" if head.get("ok") else head["error"]["code"]
+        codes[code] = codes.get(code, 0) + 1
+        send()
+    sock.close(0)
+    ctx.term()
+    print(json.dumps({"sent": sent, "replies": codes}))
+    return 0
+
+
+def polite(endpoint: str, n: int, interval_s: float) -> dict[str, Any]:
+    from edged.client import Client
+    from edged.errors import Throttled
+
+    x = bench_input()
+    lat, throttled = [], 0
+    limit = time.monotonic() + 300
+    with Client(endpoint, timeout=30.0) as c:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            try:
+                c.predict(x)
+                lat.append(time.perf_counter() - t0)
+            except Throttled:
+                throttled += 1
+            time.sleep(max(0.0, interval_s - (time.perf_counter() - t0)))
+            if time.monotonic() > limit:
+                break
+    out = ms(lat)
+    out["max_ms"] = round(max(lat) * 1000, 3) if lat else None
+    out["throttled"] = throttled
+    return out
+
+
+def scenario(workdir: Path, daemons: list, repo: Path, env: dict[str, str], args: argparse.Namespace, tag: str,
+             share: str | None, flood: bool) -> dict[str, Any]:
+    conf = "[server]\nworkers = 2\nqueue_size = 64\n"
+    if share not in (None, "none"):
+        conf += f"max_queued_per_client = {int(share)}\n"
+    (workdir / "edged.toml").write_text(conf)
+    d = start_daemon(daemons, repo, f"ipc://{workdir}/{tag}.sock", f"ipc://{workdir}/{tag}-c.sock", workdir,
+                     args.runtime, 2, env, tag)
+    n = 150 if args.quick else 1000
+    proc = None
+    try:
+        if flood:
+            stop_at = time.monotonic() + 3.0 + n * args.interval_ms / 1000 * 3 + 60
+            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--role", "flood",
+                                     json.dumps({"endpoint": d.endpoint, "inflight": args.inflight,
+                                                 "stop_at": stop_at})],
+                                    env=env, cwd=str(bench.ROOT), stdout=subprocess.PIPE)
+            time.sleep(3.0)  # the flood is established (imports, first replies) before measuring
+        result = {"share": share, "flood": flood, "polite": polite(d.endpoint, n, args.interval_ms / 1000)}
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait(10)
+        d.stop()
+        daemons.remove(d)
+    log(f"{tag}: polite {result['polite']}")
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from edged.repository.pack import pack
+    from edged.runtime.backends import select_backend
+    from edged.testing.tflite_build import mobilenet_class_model
+
+    backend = select_backend(args.runtime)
+    result: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "scripts/bench_fairness.py",
+                                                   *sys.argv[1:]]),
+                              "machine": machine_facts(backend.describe()), "inflight": args.inflight,
+                              "interval_ms": args.interval_ms, "scenarios": {}}
+    env = bench_env()
+    with scratch("edged-fair-", False) as (workdir, daemons):
+        src = workdir / "bench.tflite"
+        src.write_bytes(mobilenet_class_model(seed=0))
+        golden = workdir / "golden.npy"
+        np.save(golden, bench_input())
+        repo = workdir / "models"
+        pack(src, name="bench", version="v1", repo=repo, golden_inputs=[golden], runtime=args.runtime)
+        result["scenarios"]["alone"] = scenario(workdir, daemons, repo, env, args, "alone", None, False)
+        for share in args.shares.split(","):
+            result["scenarios"][f"flood_share_{share}"] = scenario(workdir, daemons, repo, env, args,
+                                                                   f"flood{share}", share, True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--role", help=argparse.SUPPRESS)
+    p.add_argument("role_args", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="150 polite requests per scenario instead of 1000")
+    p.add_argument("--shares", default="0,16", help="server.max_queued_per_client per flood run (none = unset)")
+    p.add_argument("--inflight", type=int, default=200, help="predicts the flooder keeps outstanding")
+    p.add_argument("--interval-ms", type=float, default=20.0, help="the polite client's period")
+    p.add_argument("--runtime", default=os.environ.get("EDGED_RUNTIME", "auto"))
+    p.add_argument("--out", help="also write the result as JSON here")
+    args = p.parse_args(argv)
+    if args.role == "flood":
+        return role_flood(json.loads(args.role_args))
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -160,7 +160,7 @@ class Scheduler:
     def alone(self) -> bool:
         """True while at most one job is taken and none waits: that one may use every core."""
         with self._cond:
-            return self.active <= 1 and not any(self._queues.values())
+            return self.active <= 1 and not self._queued
 
     def set_max_active(self, value: int | None) -> None:
         with self._cond:

@@ -247,3 +247,35 @@ def test_adaptive_with_use_conditions_obeys_them() -> None:
     assert free.may_download(_found())[0]
     bound = Adaptive(UpdateConfig(strategy="adaptive", use_conditions=True), Context(situation=device))
     assert bound.may_download(_found()) == (False, "power profile critical does not allow updates")
+
+
+def test_the_rate_cap_asks_for_the_waits_that_keep_the_average_under_it() -> None:
+    import threading
+
+    from edged.update.fetch import ResumableFetcher
+
+    class RecordingStop(threading.Event):
+        """Records the waits the fetcher asks for instead of sleeping through them."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits.append(float(timeout or 0.0))
+            return False
+
+    stop = RecordingStop()
+    f = ResumableFetcher(timeout_s=1, max_rate_kbps=800, stop=stop)  # 800 kbit/s = 100 kB/s
+    try:
+        for _ in range(10):
+            f._throttle(50_000)  # 500 kB in all: 5 s at the cap
+    finally:
+        f.close()
+    # The last wait brings the total to 5 s after the first chunk's start; time spent computing
+    # between calls only shortens it (generous lower bound on a loaded machine).
+    assert 4.0 <= max(stop.waits) <= 5.0, stop.waits
+    unlimited = ResumableFetcher(timeout_s=1, max_rate_kbps=0, stop=RecordingStop())
+    unlimited._throttle(10**9)
+    assert unlimited.stop.waits == []  # type: ignore[attr-defined]
+    unlimited.close()

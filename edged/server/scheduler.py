@@ -114,11 +114,6 @@ class Scheduler:
                     return job
                 self._cond.wait()
 
-    def try_get(self, worker_id: int | None = None) -> Any | None:
-        """Like :meth:`get` without blocking: the next job ``worker_id`` may take now, or None."""
-        with self._cond:
-            return None if self._closed else self._take(worker_id)
-
     def _take(self, worker_id: int | None) -> Any | None:
         # Under a concurrency bound only workers 0 .. max_active-1 take jobs.  The
         # governor keeps each worker's duty-cycle cool-down by id, so letting any

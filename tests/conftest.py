@@ -25,10 +25,38 @@ def runtime_choice() -> str:
 
 
 @pytest.fixture
-def backend():
+def runtime() -> str:
+    """The runtime name to hand to edged (``pack``, checks, config): the one this CI leg selects."""
+    return runtime_choice()
+
+
+@pytest.fixture
+def backend(runtime: str):
     from edged.runtime.backends import select_backend
 
-    return select_backend(runtime_choice())
+    return select_backend(runtime)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail a run that asked for one runtime ($EDGED_RUNTIME) but loaded another in process.
+
+    The tflite-runtime CI leg has LiteRT installed too (a core dependency), and anything
+    that asks for ``auto`` gets LiteRT: a test doing that would pass under the leg's name
+    while testing the other runtime.  Daemons and validation children are checked where
+    they start (:meth:`DaemonProcess.wait_ready`, the tests of the check report).
+    """
+    from edged.runtime.backends import CANDIDATES
+
+    chosen = runtime_choice()
+    if chosen not in CANDIDATES:
+        return
+    # The interpreter modules only: the test models are built with LiteRT's flatbuffer schema.
+    others = sorted(module for name, (module, _) in CANDIDATES.items() if name != chosen and module in sys.modules)
+    if others:
+        session.config.get_terminal_writer().line(
+            f"EDGED_RUNTIME={chosen}, but the tests loaded {', '.join(others)}: something ran another "
+            f"runtime (runtime='auto'?)", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -77,10 +105,20 @@ class DaemonProcess:
                     pytest.fail(f"daemon exited with {self.proc.returncode} before ready:\n{self.log()}")
                 try:
                     c.health()
-                    return
                 except TransportError:
                     continue
+                self._check_runtime()
+                return
         pytest.fail(f"daemon not ready after {timeout}s:\n{self.log()}")
+
+    def _check_runtime(self) -> None:
+        """A daemon started for a CI leg that names a runtime must run that runtime."""
+        chosen = self.env.get("EDGED_RUNTIME", "auto")
+        if chosen == "auto":
+            return
+        with self.control() as ctl:
+            running = ctl.status()["runtime"]
+        assert running.split()[0] == chosen, f"EDGED_RUNTIME={chosen} but the daemon runs {running}"
 
     def client(self, timeout: float = 10.0):
         from edged.client import Client

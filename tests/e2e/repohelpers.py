@@ -12,6 +12,7 @@ import numpy as np
 from edged.repository.manifest import Manifest, file_entry, write_manifest
 from edged.repository.pack import pack
 from edged.testing import tflite_build as tb
+from tests.conftest import runtime_choice
 
 GOLDEN = np.full((1, 8, 8, 1), 16.0, np.float32)  # a bright input: every test model is finite on it
 
@@ -42,7 +43,7 @@ def publish(repo: Path, version: str, model: bytes, *, name: str = "m", tmp: Pat
         g = tmp / f"{name}-{version}-golden.npy"
         np.save(g, GOLDEN)
         inputs.append(g)
-    return pack(src, name=name, version=version, repo=repo, golden_inputs=inputs, runtime=_runtime())
+    return pack(src, name=name, version=version, repo=repo, golden_inputs=inputs, runtime=runtime_choice())
 
 
 def publish_unloadable(repo: Path, version: str, model: bytes, *, name: str = "m") -> Path:
@@ -52,12 +53,6 @@ def publish_unloadable(repo: Path, version: str, model: bytes, *, name: str = "m
     (vdir / "model.tflite").write_bytes(model)
     write_manifest(vdir, Manifest(name=name, version=version, files={"model.tflite": file_entry(vdir / "model.tflite")}))
     return vdir
-
-
-def _runtime() -> str:
-    import os
-
-    return os.environ.get("EDGED_RUNTIME", "auto")
 
 
 def versions(daemon: Any, model: str = "m") -> dict[str, Any]:

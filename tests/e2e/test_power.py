@@ -10,6 +10,7 @@ import pytest
 
 from edged.errors import Throttled
 from edged.testing import tflite_build as tb
+from tests.conftest import runtime_choice
 from tests.e2e.repohelpers import publish, versions, wait_until
 from tests.e2e.test_repository import DARK, local
 
@@ -58,7 +59,7 @@ def lite_repo(tmp_path: Path) -> Path:
     lite.write_bytes(tb.random_classifier(seed=11))
     from edged.repository.pack import pack
 
-    pack(full, name="m", version="v1", repo=repo, lite=lite)
+    pack(full, name="m", version="v1", repo=repo, lite=lite, runtime=runtime_choice())
     return repo
 
 

@@ -17,6 +17,7 @@ import pytest
 from edged.runtime.backends import select_backend
 from edged.runtime.model import LoadedModel, LoadSpec
 from edged.testing import tflite_build as tb
+from tests.conftest import runtime_choice
 from tests.e2e.repohelpers import (
     GOLDEN, nan_on_dark_inputs, publish, publish_unloadable, state_of, versions, wait_until,
 )
@@ -35,7 +36,7 @@ def config(tmp_path: Path, **probation) -> Path:
 
 
 def local(repo: Path, version: str, name: str = "m") -> LoadedModel:
-    backend = select_backend(os.environ.get("EDGED_RUNTIME", "auto"))
+    backend = select_backend(runtime_choice())
     return LoadedModel.load(LoadSpec(name, version, repo / name / version, backend, workers=1))
 
 

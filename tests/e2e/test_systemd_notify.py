@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import runtime_choice
+
 pytestmark = [pytest.mark.e2e]
 
 
@@ -113,7 +115,7 @@ def test_ready_status_watchdog_reload_and_stopping(daemon_factory, repo, fake_sy
     # A swap updates STATUS= (what `systemctl status` shows).
     from edged.repository.pack import pack
 
-    pack(repo / "digits" / "v1" / "model.tflite", name="digits", version="v2", repo=repo)
+    pack(repo / "digits" / "v1" / "model.tflite", name="digits", version="v2", repo=repo, runtime=runtime_choice())
     for _ in range(2000):
         msg = fake_systemd.next(60)
         if "digits/v2" in msg.get("STATUS", ""):

@@ -92,9 +92,8 @@ def test_failed_xnnpack_falls_back_to_cpu(version_dir):
 
 
 @pytest.mark.runtime
-def test_real_runtime_reports_the_missing_edgetpu_library(version_dir):
-    """The real load_delegate of the installed runtime, with no Edge TPU library on this machine."""
-    backend = select_backend("auto")
+def test_real_runtime_reports_the_missing_edgetpu_library(version_dir, backend):
+    """The real load_delegate of the runtime this CI leg selects, with no Edge TPU library on this machine."""
     (version_dir / "model_edgetpu.tflite").write_bytes(b"x")
     plan = delegates.plan(backend, "auto", version_dir, version_dir / "model.tflite")
     assert plan.name == "xnnpack"

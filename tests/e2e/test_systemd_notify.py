@@ -140,7 +140,15 @@ def drain(fs: FakeSystemd) -> list[dict[str, str]]:
         fs.seen.append(out[-1])
 
 
+#: How long each observation window lasts, in ping intervals: long enough that a gate
+#: that pinged while stuck would ping inside it.
+WINDOW_PINGS = 3
+
+
 def test_watchdog_pings_stop_while_a_worker_is_stuck(daemon_factory, fake_systemd, tmp_path):
+    import threading
+    import time
+
     import numpy as np
 
     from edged.testing import tflite_build as tb
@@ -150,32 +158,51 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck(daemon_factory, fake_system
     publish(repo, "v1", tb.slow_model(size=256, depth=128), tmp=tmp_path, golden=False)  # ~2 s per invoke
     cfg = tmp_path / "edged.toml"
     cfg.write_text("[server]\nworkers = 1\nstuck_invoke_s = 0.2\n")
+    watchdog_usec = 200_000
+    interval = watchdog_usec / 2 / 1e6  # the daemon pings at half of WATCHDOG_USEC
     d = daemon_factory(repo, "--config", str(cfg), env={"NOTIFY_SOCKET": str(fake_systemd.path),
-                                                        "WATCHDOG_USEC": "200000"})
+                                                        "WATCHDOG_USEC": str(watchdog_usec)})
     fake_systemd.wait_for("WATCHDOG", "1", timeout=10)
     x = np.zeros((1, 8, 8, 1), np.float32)
-    import threading
+    answered = [0]  # replies the busy client has received
+    stop = threading.Event()
 
+    def keep_busy() -> None:
+        while not stop.is_set():
+            busy.predict(x)
+            answered[0] += 1
+
+    # A window is counted only when health says "stuck" at both ends and no reply came in
+    # between: with one worker and one request at a time, the next invoke cannot begin
+    # before the client has the previous reply, so the same invoke was stuck throughout.
+    stuck_windows: list[list[dict[str, str]]] = []
     with d.client(timeout=120) as busy, d.control() as ctl:
-        t = threading.Thread(target=lambda: [busy.predict(x) for _ in range(3)])
+        t = threading.Thread(target=keep_busy)
         t.start()
         try:
-            wait_until(lambda: ctl.health()["stuck_workers"], "a stuck worker", daemon=d)
-            drain(fake_systemd)  # anything sent before we saw it stuck
-            health = ctl.health()
-            between = drain(fake_systemd)
-            still = ctl.health()
-            assert health["status"] == "unhealthy" and "stuck" in health["problems"][0]
-            if still["stuck_workers"]:  # the whole window was stuck: not one ping in it
-                assert not [m for m in between if m.get("WATCHDOG") == "1"], between
-            for _ in range(200):  # the gate says why on the STATUS line when it starts withholding
-                if any(m.get("STATUS", "").startswith("unhealthy") for m in fake_systemd.seen):
-                    break
-                fake_systemd.next(timeout=10)
+            for _ in range(200):  # bounded: each pass lasts WINDOW_PINGS intervals or ends an invoke
+                wait_until(lambda: ctl.health()["stuck_workers"], "a stuck worker", daemon=d)
+                before = answered[0]
+                drain(fake_systemd)  # sent before we knew it was stuck
+                health = ctl.health()
+                if not health["stuck_workers"]:
+                    continue
+                assert health["status"] == "unhealthy" and "stuck" in health["problems"][0]
+                time.sleep(WINDOW_PINGS * interval)
+                window = drain(fake_systemd)
+                if ctl.health()["stuck_workers"] and answered[0] == before:
+                    stuck_windows.append(window)
+                    if len(stuck_windows) >= 3:
+                        break
             else:
-                raise AssertionError(fake_systemd.seen)
+                raise AssertionError(f"never saw a worker stuck for {WINDOW_PINGS} ping intervals")
         finally:
+            stop.set()
             t.join(120)
+    pings = [m for window in stuck_windows for m in window if m.get("WATCHDOG") == "1"]
+    assert not pings, f"pinged while a worker was stuck: {stuck_windows}"
+    # The gate says why on the STATUS line when it starts withholding.
+    assert any(m.get("STATUS", "").startswith("unhealthy") for m in fake_systemd.seen), fake_systemd.seen
     # Healthy again: pings resume.
     fake_systemd.wait_for("WATCHDOG", "1", timeout=10)
     assert "withholding systemd watchdog ping" in d.log()

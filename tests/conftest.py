@@ -78,9 +78,10 @@ def repo(tmp_path: Path) -> Path:
 class DaemonProcess:
     """``edged serve`` as a subprocess; ``stop()`` sends SIGTERM and returns the exit status."""
 
-    def __init__(self, models: Path, sockdir: Path, args: list[str], env: dict[str, str]) -> None:
-        self.endpoint = f"ipc://{sockdir}/p.sock"
-        self.control_endpoint = f"ipc://{sockdir}/c.sock"
+    def __init__(self, models: Path, sockdir: Path, args: list[str], env: dict[str, str],
+                 endpoint: str | None = None, control_endpoint: str | None = None) -> None:
+        self.endpoint = endpoint or f"ipc://{sockdir}/p.sock"
+        self.control_endpoint = control_endpoint or f"ipc://{sockdir}/c.sock"
         self.log_path = sockdir / f"daemon-{id(self)}.log"
         self.env = {**os.environ, "EDGED_ENDPOINT": self.endpoint, "EDGED_CONTROL_ENDPOINT": self.control_endpoint,
                     "EDGED_RUNTIME": runtime_choice(), "PYTHONUNBUFFERED": "1", **env}
@@ -162,8 +163,9 @@ class DaemonProcess:
 def daemon_factory(sockdir: Path) -> Iterator:
     started: list[DaemonProcess] = []
 
-    def start(models: Path, *args: str, env: dict[str, str] | None = None, ready: bool = True) -> DaemonProcess:
-        d = DaemonProcess(models, sockdir, list(args), env or {})
+    def start(models: Path, *args: str, env: dict[str, str] | None = None, ready: bool = True,
+              endpoint: str | None = None, control_endpoint: str | None = None) -> DaemonProcess:
+        d = DaemonProcess(models, sockdir, list(args), env or {}, endpoint, control_endpoint)
         started.append(d)
         if ready:
             d.wait_ready()

@@ -39,6 +39,7 @@ _OPTIONS: dict[str, str | None] = {
     "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
     "DIV": "DivOptions",
     "FULLY_CONNECTED": "FullyConnectedOptions",
+    "GATHER": "GatherOptions",
     "LOG": None,
     "LOGISTIC": None,
     "MEAN": "ReducerOptions",

@@ -15,6 +15,7 @@ from edged.testing import tflite_build as tb
 from tests.conftest import runtime_choice
 
 GOLDEN = np.full((1, 8, 8, 1), 16.0, np.float32)  # a bright input: every test model is finite on it
+GLARING = np.full((1, 8, 8, 1), 100.0, np.float32)  # what fails_on_glaring_inputs() cannot take
 
 
 def nan_on_dark_inputs() -> bytes:
@@ -31,6 +32,26 @@ def nan_on_dark_inputs() -> bytes:
     g.op("FULLY_CONNECTED", [flat, w, b], [h])
     y = g.tensor("probs", [1, 10])
     g.op("LOG", [h], [y])
+    return g.build([y])
+
+
+def fails_on_glaring_inputs() -> bytes:
+    """Same contract as random_classifier; invoke() fails (a runtime error) on a glaring input.
+
+    The first pixel indexes a 32-row table: dark (0.0, the warm-up) and bright (16.0, the
+    golden sample) inputs pick a row, a glaring one (100.0) is out of range, which GATHER
+    refuses at run time.  Loading and validation pass; that traffic makes the model fail.
+    """
+    g = tb.GraphBuilder()
+    x = g.input("image", [1, 8, 8, 1])
+    flat = g.reshape(x, [64], "flat")
+    first = g.tensor("first", [1])
+    g.op("GATHER", [flat, g.const("at", np.array([0], np.int32))], [first], axis=0)
+    row = g.tensor("row", [1], "int32")
+    g.op("CAST", [first], [row])
+    table = g.const("table", np.linspace(0.0, 1.0, 32 * 10, dtype=np.float32).reshape(32, 10))
+    y = g.tensor("probs", [1, 10])
+    g.op("GATHER", [table, row], [y], axis=0)
     return g.build([y])
 
 

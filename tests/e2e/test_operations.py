@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import grp
 import json
+import os
 import socket
 import stat
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import zmq
 
@@ -32,6 +35,63 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_tcp_endpoints_on_loopback_serve_predict_and_control(daemon_factory, repo, sockdir):
+    predict, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    d = daemon_factory(repo, endpoint=predict, control_endpoint=control)
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(d.proc.pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    assert {("127.0.0.1", int(predict.rsplit(":", 1)[1])), ("127.0.0.1", int(control.rsplit(":", 1)[1]))} <= listening
+    assert not list(sockdir.glob("*.sock"))  # no ipc socket was made on the side
+    x = golden(repo)
+    expected = np.load(repo / "digits" / "v1" / "golden" / "0.output0.npy")
+    with d.client() as c:
+        r = c.predict(x)
+    assert r.version == "v1"
+    np.testing.assert_allclose(r.outputs[0], expected, rtol=1e-5, atol=1e-6)
+    r = d.cli("ctl", "status", "--json")  # the CLI over TCP (EDGED_CONTROL_ENDPOINT)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["endpoints"] == {"predict": predict, "control": control}
+    with d.control() as ctl, pytest.raises(RequestError):
+        ctl.call("predict", [x])  # the control socket does not serve predictions, on TCP as on ipc
+    # A second daemon on the same port is refused at startup with the reason, and exits.
+    other = daemon_factory(repo, endpoint=predict, control_endpoint=f"tcp://127.0.0.1:{free_port()}", ready=False)
+    assert other.proc.wait(60) != 0
+    assert "cannot bind predict endpoint" in other.log()
+    assert d.stop() == 0
+
+
+def other_group() -> grp.struct_group | None:
+    """A group other than ours that this process may give a file to (any, as root)."""
+    mine = os.getgid()
+    candidates = grp.getgrall() if os.geteuid() == 0 else [grp.getgrgid(g) for g in os.getgroups()]
+    return next((g for g in candidates if g.gr_gid != mine), None)
+
+
+def test_socket_group_owns_the_predict_socket_only(daemon_factory, repo, sockdir, tmp_path):
+    group = other_group()
+    if group is None:
+        pytest.skip("no group but our own to give the socket to (needs root or a supplementary group)")
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(f'[server]\nsocket_group = "{group.gr_name}"\n')
+    d = daemon_factory(repo, "--config", str(cfg))
+    predict, control = (sockdir / "p.sock").stat(), (sockdir / "c.sock").stat()
+    assert predict.st_gid == group.gr_gid and stat.S_IMODE(predict.st_mode) == 0o660  # the group may connect
+    assert control.st_gid == os.getgid() and stat.S_IMODE(control.st_mode) == 0o600  # control stays ours
+    with d.client() as c:
+        assert c.predict(golden(repo)).version == "v1"
+    assert "cannot give" not in d.log()
+
+
+def test_an_unknown_socket_group_is_logged_and_the_daemon_serves(daemon_factory, repo, sockdir, tmp_path):
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text('[server]\nsocket_group = "edged-no-such-group"\n')
+    d = daemon_factory(repo, "--config", str(cfg))
+    assert (sockdir / "p.sock").stat().st_gid == os.getgid()
+    assert "cannot give" in d.log() and "edged-no-such-group" in d.log()
+    with d.client() as c:
+        assert c.predict(golden(repo)).version == "v1"
 
 
 def test_prometheus_text_parses_and_http_endpoint_serves_it(daemon_factory, repo, tmp_path):

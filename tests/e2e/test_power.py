@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from edged.errors import Throttled
+from edged.power.sensors import PI_THROTTLED_PATH as PI_THROTTLED
 from edged.testing import tflite_build as tb
 from tests.conftest import runtime_choice
-from tests.e2e.repohelpers import publish, versions, wait_until
+from tests.e2e.repohelpers import GOLDEN, publish, versions, wait_until
 from tests.e2e.test_repository import DARK, local
 
 pytestmark = [pytest.mark.e2e]
@@ -19,8 +20,10 @@ pytestmark = [pytest.mark.e2e]
 SAMPLE_S = 0.2
 
 
-def power_config(tmp_path: Path, sensor: Path, extra: str = "") -> Path:
+def power_config(tmp_path: Path, sensor: Path | None, extra: str = "", source: str = "") -> Path:
+    """A config sampling ``sensor`` (a JSON file) every SAMPLE_S; or ``source``'s lines instead."""
     p = tmp_path / "edged.toml"
+    source = source or f'source = "file"\nfile = "{sensor}"'
     p.write_text(f"""
 [repository]
 settle_s = 0.2
@@ -28,8 +31,7 @@ settle_s = 0.2
 seconds = 3600
 requests = 1000000
 [power]
-source = "file"
-file = "{sensor}"
+{source}
 interval_s = {SAMPLE_S}
 min_dwell_s = 0
 {extra}
@@ -248,3 +250,84 @@ def test_broken_lite_file_is_refused_in_a_child_and_the_full_model_keeps_serving
         assert (r.version, r.header["variant"], r.profile) == ("v1", "full", "powersave")
         assert r.outputs[0].tobytes() == full_out
     assert "not switching to model_lite.tflite" in d.log()
+
+
+def write_node(path: Path, value: str) -> None:
+    """Write one sysfs-like attribute file atomically (a reader never sees it half written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(value + "\n")
+    tmp.replace(path)
+
+
+def fake_sysfs(root: Path, *, capacity: int, discharging: bool, cpu_temp_c: float | None = None,
+               throttled: str | None = None) -> None:
+    """A battery, a mains supply, a CPU thermal zone and the Pi firmware's throttle mask under ``root``."""
+    supplies = root / "class" / "power_supply"
+    write_node(supplies / "BAT0" / "type", "Battery")
+    write_node(supplies / "BAT0" / "capacity", str(capacity))
+    write_node(supplies / "BAT0" / "status", "Discharging" if discharging else "Charging")
+    write_node(supplies / "AC" / "type", "Mains")
+    write_node(supplies / "AC" / "online", "0" if discharging else "1")
+    if cpu_temp_c is not None:
+        zone = root / "class" / "thermal" / "thermal_zone0"
+        write_node(zone / "type", "cpu-thermal")
+        write_node(zone / "temp", str(int(cpu_temp_c * 1000)))  # millidegrees, as the kernel writes it
+    if throttled is not None:
+        write_node(root / PI_THROTTLED, throttled)
+
+
+def test_sysfs_source_reads_a_battery_mains_and_thermal_zone_and_drives_the_profile(daemon_factory, repo,
+                                                                                     tmp_path):
+    root = tmp_path / "sys"
+    fake_sysfs(root, capacity=90, discharging=False, cpu_temp_c=45.0)
+    d = daemon_factory(repo, "--config", str(power_config(tmp_path, None, source=f'source = "sysfs"\n'
+                                                                                     f'sysfs_root = "{root}"')))
+    status = power(d)
+    reading = status["reading"]
+    assert (status["profile"], status["source"], reading["source"]) == ("performance", "sysfs", "sysfs")
+    assert (reading["battery_percent"], reading["on_ac"], reading["temperature_c"]) == (90.0, True, 45.0)
+
+    fake_sysfs(root, capacity=20, discharging=True, cpu_temp_c=45.0)  # unplugged, and low
+    wait_until(lambda: power(d)["profile"] == "powersave", "powersave on a low battery", timeout=30, daemon=d)
+    reading = power(d)["reading"]
+    assert (reading["battery_percent"], reading["on_ac"]) == (20.0, False)
+
+    fake_sysfs(root, capacity=20, discharging=True, cpu_temp_c=85.0)  # and now hot
+    wait_until(lambda: power(d)["profile"] == "critical", "critical when hot", timeout=30, daemon=d)
+    assert "temperature_c" in power(d)["reason"]
+    with d.client() as c:
+        assert c.predict(GOLDEN, priority="high").profile == "critical"
+
+
+def test_psutil_source_reads_this_machine_and_the_throttle_mask_and_drives_the_profile(daemon_factory, repo,
+                                                                                        tmp_path):
+    # The rules use what psutil reads on any Linux box (CPU load is always >= 0) and the
+    # firmware throttle mask it reads from sysfs_root; battery and temperature sensors
+    # are machine-dependent (this container has neither), so they are not relied on.
+    root = tmp_path / "sys"
+    fake_sysfs(root, capacity=90, discharging=False, throttled="0x0")
+    rules = """
+[[power.rules]]
+when = "cpu_percent >= 0"
+profile = "balanced"
+[[power.rules]]
+when = "throttled"
+profile = "critical"
+"""
+    d = daemon_factory(repo, "--config", str(power_config(tmp_path, None, rules, source=f'source = "psutil"\n'
+                                                                                         f'sysfs_root = "{root}"')))
+    # The first CPU sample has nothing to compare with (unknown); from the second on it is a figure.
+    wait_until(lambda: power(d)["profile"] == "balanced", "balanced once the CPU load is known", timeout=30,
+               daemon=d)
+    reading = power(d)["reading"]
+    assert reading["source"] == "psutil" and 0.0 <= reading["cpu_percent"] <= 100.0
+    assert len(reading["load_avg"]) == 3 and all(x >= 0 for x in reading["load_avg"])
+    assert reading["throttled"]["under_voltage"] is False
+
+    write_node(root / PI_THROTTLED, "0x50005")  # under-voltage and throttled now (and since boot)
+    wait_until(lambda: power(d)["profile"] == "critical", "critical when throttled", timeout=30, daemon=d)
+    reading = power(d)["reading"]
+    assert reading["throttled"]["under_voltage"] is True and reading["throttled"]["under_voltage_occurred"] is True
+    write_node(root / PI_THROTTLED, "0x50000")  # only "occurred" bits left: not throttled now
+    wait_until(lambda: power(d)["profile"] == "balanced", "balanced again", timeout=30, daemon=d)

@@ -14,12 +14,14 @@ import numpy as np
 import psutil
 import pytest
 
+from edged.errors import EdgedError, ErrorCode
 from edged.runtime.backends import select_backend
 from edged.runtime.model import LoadedModel, LoadSpec
 from edged.testing import tflite_build as tb
 from tests.conftest import runtime_choice
 from tests.e2e.repohelpers import (
-    GOLDEN, nan_on_dark_inputs, publish, publish_unloadable, state_of, versions, wait_until,
+    GLARING, GOLDEN, fails_on_glaring_inputs, nan_on_dark_inputs, publish, publish_unloadable, state_of, versions,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.runtime]
@@ -164,6 +166,26 @@ def test_nan_version_is_rolled_back_by_probation_and_marked_bad(daemon_factory, 
     assert d2.cli("ctl", "unmark", "v2").returncode == 0
     with d2.client() as c:
         wait_until(lambda: c.predict(GOLDEN).version == "v2", "v2 again after unmark", daemon=d2)
+
+
+def test_failing_version_is_rolled_back_by_its_error_rate(daemon_factory, mrepo, tmp_path):
+    d = daemon_factory(mrepo, "--config", str(config(tmp_path, requests=20, max_error_rate=0.2)))
+    publish(mrepo, "v2", fails_on_glaring_inputs(), tmp=tmp_path)
+    with d.client() as c:
+        wait_until(lambda: c.predict(GOLDEN).version == "v2", "v2 to serve", daemon=d)
+        failed = 0
+        for _ in range(25):
+            try:
+                c.predict(GLARING)
+            except EdgedError as exc:  # the model's failure, answered with a code, not a made-up value
+                assert exc.code is ErrorCode.INTERNAL, exc
+                failed += 1
+        wait_until(lambda: c.predict(GOLDEN).version == "v1", "rollback to v1", daemon=d)
+    assert failed >= 5
+    v2 = state_of(d, "v2")
+    assert v2["state"] == "bad" and "error rate" in v2["reason"], v2
+    with d.client() as c:
+        assert c.predict(GLARING).version == "v1"  # the daemon serves on, with the version that can
 
 
 def test_slow_version_is_rolled_back_by_probation(daemon_factory, mrepo, tmp_path):

@@ -331,3 +331,39 @@ profile = "critical"
     assert reading["throttled"]["under_voltage"] is True and reading["throttled"]["under_voltage_occurred"] is True
     write_node(root / PI_THROTTLED, "0x50000")  # only "occurred" bits left: not throttled now
     wait_until(lambda: power(d)["profile"] == "balanced", "balanced again", timeout=30, daemon=d)
+
+
+def test_a_profiles_num_threads_applies_to_interpreters_built_under_it(daemon_factory, repo, tmp_path):
+    sensor = tmp_path / "ups.json"
+    write_sensor(sensor, battery_percent=90, on_ac=True)
+    # Two threads per interpreter, and no solo interpreter (solo_threads = num_threads), so the
+    # threads a reply names are the pool's; balanced runs on one thread.
+    extra = "[power.profiles.balanced]\nnum_threads = 1\n"
+    cfg = power_config(tmp_path, sensor, extra)
+    cfg.write_text(cfg.read_text() + "[runtime]\nnum_threads = 2\nsolo_threads = 2\n")
+    d = daemon_factory(repo, "--config", str(cfg))
+    src = repo / "digits" / "v1" / "model.tflite"
+
+    def publish_digits(version: str) -> None:
+        from edged.repository.pack import pack
+
+        pack(src, name="digits", version=version, repo=repo, runtime=runtime_choice())
+
+    with d.client() as c:
+        r = c.predict(GOLDEN)
+        assert (r.version, r.header["threads"], r.profile) == ("v1", 2, "performance")
+        assert d.cli("ctl", "power", "--profile", "balanced", "--for", "10m").returncode == 0
+        # Interpreters already built keep their threads until the next build ...
+        assert c.predict(GOLDEN).header["threads"] == 2
+        publish_digits("v2")  # ... such as the swap to a new version
+        wait_until(lambda: c.predict(GOLDEN).version == "v2", "v2 to serve", daemon=d)
+        r = c.predict(GOLDEN)
+        assert (r.header["threads"], r.profile) == (1, "balanced")
+        assert power(d)["limits"]["num_threads"] == 1
+        status = json.loads(d.cli("ctl", "status", "--json").stdout)
+        assert status["models"][0]["num_threads"] == 1
+        # Back to a profile without a cap: the runtime's setting for what is built next.
+        assert d.cli("ctl", "power", "--auto").returncode == 0
+        publish_digits("v3")
+        wait_until(lambda: c.predict(GOLDEN).version == "v3", "v3 to serve", daemon=d)
+        assert c.predict(GOLDEN).header["threads"] == 2

@@ -5,8 +5,10 @@ from __future__ import annotations
 import grp
 import json
 import os
+import shutil
 import socket
 import stat
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -37,7 +39,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_predict_over_plain_tcp_on_loopback(daemon_factory, repo, sockdir):
+def test_predict_over_plain_tcp_on_loopback(daemon_factory, repo, sockdir, tmp_path):
     # Loopback TCP needs no CURVE for predictions (test_security.py covers CURVE and TCP control).
     port = free_port()
     d = daemon_factory(repo, endpoint=f"tcp://127.0.0.1:{port}")
@@ -54,11 +56,17 @@ def test_predict_over_plain_tcp_on_loopback(daemon_factory, repo, sockdir):
     assert r.returncode == 0 and json.loads(r.stdout)["version"] == "v1", r.stderr
     status = json.loads(d.cli("ctl", "status", "--json").stdout)
     assert status["endpoints"]["predict"] == f"tcp://127.0.0.1:{port}"
-    # A second daemon on the same port is refused at startup with the reason, and exits.
-    other = daemon_factory(repo, endpoint=f"tcp://127.0.0.1:{port}", control_endpoint=f"ipc://{sockdir}/c2.sock",
-                           ready=False)
-    assert other.proc.wait(60) != 0
-    assert "cannot bind predict endpoint" in other.log()
+    # Another daemon (its own repository and runtime directory) on the same port is refused at
+    # startup with the reason, and exits.
+    elsewhere = Path(tempfile.mkdtemp(prefix="edged-t-", dir="/tmp"))
+    try:
+        other = daemon_factory(shutil.copytree(repo, tmp_path / "other", symlinks=True),
+                               endpoint=f"tcp://127.0.0.1:{port}",
+                               control_endpoint=f"ipc://{elsewhere}/c.sock", ready=False)
+        assert other.proc.wait(60) != 0
+        assert "cannot bind predict endpoint" in other.log()
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
     assert d.stop() == 0
 
 

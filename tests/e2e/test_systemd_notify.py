@@ -183,8 +183,8 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck(daemon_factory, fake_system
             for _ in range(200):  # bounded: each pass lasts WINDOW_PINGS intervals or ends an invoke
                 wait_until(lambda: ctl.health()["stuck_workers"], "a stuck worker", daemon=d)
                 before = answered[0]
-                drain(fake_systemd)  # sent before we knew it was stuck
                 health = ctl.health()
+                drain(fake_systemd)  # sent before this health answer
                 if not health["stuck_workers"]:
                     continue
                 assert health["status"] == "unhealthy" and "stuck" in health["problems"][0]

@@ -7,6 +7,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -129,15 +130,22 @@ def test_ready_status_watchdog_reload_and_stopping(daemon_factory, repo, fake_sy
     assert "reload refused" in d.log()
 
 
-def drain(fs: FakeSystemd) -> list[dict[str, str]]:
-    """Every message received so far that no one has read yet."""
+def up_to_now(fs: FakeSystemd) -> list[dict[str, str]]:
+    """Every message sent to ``fs`` before this call, read through the reader thread.
+
+    A marker datagram sent now queues behind all of them (one socket keeps arrival order),
+    so reading up to it leaves none still on its way, however late the reader thread runs.
+    """
+    marker = f"{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(f"TEST_MARKER={marker}".encode(), str(fs.path))
     out = []
-    while True:
-        try:
-            out.append(fs._queue.get_nowait())
-        except queue.Empty:
+    for _ in range(10_000):
+        msg = fs.next(timeout=30)
+        if msg.get("TEST_MARKER") == marker:
             return out
-        fs.seen.append(out[-1])
+        out.append(msg)
+    raise AssertionError("the marker never came back")
 
 
 #: How long each observation window lasts, in ping intervals: long enough that a gate
@@ -146,9 +154,6 @@ WINDOW_PINGS = 3
 
 
 def test_watchdog_pings_stop_while_a_worker_is_stuck(daemon_factory, fake_systemd, tmp_path):
-    import threading
-    import time
-
     import numpy as np
 
     from edged.testing import tflite_build as tb
@@ -184,12 +189,12 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck(daemon_factory, fake_system
                 wait_until(lambda: ctl.health()["stuck_workers"], "a stuck worker", daemon=d)
                 before = answered[0]
                 health = ctl.health()
-                drain(fake_systemd)  # sent before this health answer
+                up_to_now(fake_systemd)  # sent before this health answer: not in the window
                 if not health["stuck_workers"]:
                     continue
                 assert health["status"] == "unhealthy" and "stuck" in health["problems"][0]
                 time.sleep(WINDOW_PINGS * interval)
-                window = drain(fake_systemd)
+                window = up_to_now(fake_systemd)  # sent before the health call that closes it
                 if ctl.health()["stuck_workers"] and answered[0] == before:
                     stuck_windows.append(window)
                     if len(stuck_windows) >= 3:

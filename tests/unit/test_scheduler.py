@@ -184,7 +184,7 @@ def test_clients_take_turns_within_a_priority() -> None:
     s.submit("b1", client=b"B")
     s.submit("c0", client=b"C")
     s.submit("h", "high", client=b"A")
-    taken = [s.try_get(0) for _ in range(9)]
+    taken = [s.get(0) for _ in range(9)]
     # High first; then one job per client in turn, so B and C never wait behind A's flood.
     assert taken == ["h", "flood0", "b0", "c0", "flood1", "b1", "flood2", "flood3", "flood4"]
     assert s.depth() == 0 and s.idle() is False  # all taken, none done
@@ -197,7 +197,7 @@ def test_one_client_cannot_hold_more_than_its_share() -> None:
     with pytest.raises(Throttled, match="limit 3 per client"):
         s.submit(3, "high", client=b"A")  # the share counts every priority
     s.submit("b", client=b"B")  # others still get in
-    assert s.try_get(0) == 0
+    assert s.get(0) == 0
     s.submit(3, client=b"A")  # a job taken frees a place in the share
     assert s.depth() == 4
     assert sorted(map(str, s.drain())) == ["1", "2", "3", "b"]
@@ -216,4 +216,4 @@ def test_a_newcomer_to_a_full_queue_pushes_out_the_biggest_holder_newest_job() -
     with pytest.raises(Throttled, match="queue full"):
         s.submit("b2", client=b"B")  # 2 and 2: fair already
     assert s.depth() == 4
-    assert [s.try_get(0) for _ in range(4)] == ["a0", "b0", "a1", "b1"]
+    assert [s.get(0) for _ in range(4)] == ["a0", "b0", "a1", "b1"]

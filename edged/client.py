@@ -262,8 +262,11 @@ class Client:
         attempt = 0
         while True:
             try:
-                head, frames = self.call("predict", payload, inputs=metas, timeout=timeout,
-                                         **{k: v for k, v in fields.items() if v not in (None, 0, False)})
+                # top_k=0 and wait=False are the defaults and stay off the wire; a
+                # deadline_ms of 0 is a real deadline (already due) and is sent.
+                sent = {k: v for k, v in fields.items()
+                        if v is not None and not (k in ("top_k", "wait") and not v)}
+                head, frames = self.call("predict", payload, inputs=metas, timeout=timeout, **sent)
                 break
             except Throttled as exc:
                 if attempt >= retry_throttled:

@@ -786,6 +786,10 @@ class ModelManager:
         self.state.update(slot.name, pinned=version)
         return slot
 
+    def restore_pin(self, name: str, version: str | None) -> None:
+        """Put back the pin a failed ``pin`` replaced (None: there was none)."""
+        self.state.update(name, pinned=version)
+
     def unpin(self, name: str | None) -> ModelSlot:
         slot = self.slot(name)
         self.state.update(slot.name, pinned=None)

@@ -327,13 +327,14 @@ class Daemon:
                 timeout = min(timeout, max(0.0, t.due - now))
             if self.frigate is not None:
                 timeout = min(timeout, self.frigate.expire(now))
-            if self.watcher is not None:
+            draining = self.state is DaemonState.DRAINING  # no new swaps while stopping
+            if self.watcher is not None and not draining:
                 due = self.watcher.due(now)
                 if due == 0.0:
                     self.models.scan()
                 elif due is not None:
                     timeout = min(timeout, due)
-            if self.models.rescan_at is not None:
+            if self.models.rescan_at is not None and not draining:
                 if now >= self.models.rescan_at:
                     self.models.scan()
                 if self.models.rescan_at is not None:
@@ -610,12 +611,13 @@ class Daemon:
 
         model = req.header.get("model")
         if kind == "pin":
+            earlier = self.models.state.get(self.models.slot(model).name).pinned
             slot = self.models.pin(model, kw["version"])
             serving = slot.serving.version if slot.serving else None
 
             def pinned(result: dict[str, Any] | None, error: BaseException | None) -> None:
-                if error is not None:
-                    self.models.unpin(slot.name)
+                if error is not None:  # the earlier pin (or none) holds again
+                    self.models.restore_pin(slot.name, earlier)
                 done({"model": slot.name, "pinned": kw["version"], **(result or {})}, error)
 
             if serving == kw["version"]:
@@ -684,7 +686,7 @@ class Daemon:
     def _process(self, worker_id: int, job: Job) -> tuple[dict[str, Any], list[Any]]:
         req, model = job.req, job.model
         start = self.clock.monotonic()
-        if job.deadline is not None and start > job.deadline:
+        if job.deadline is not None and start >= job.deadline:  # deadline_ms=0: due on receipt
             raise DeadlineExceeded(f"deadline passed {1000 * (start - job.deadline):.0f} ms before it could start")
         names, arrays = [], []
         for i, (meta, frame) in enumerate(zip(req.header["inputs"], req.frames)):

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edged import protocol
-from edged.errors import EdgedError, ErrorCode, RequestError
+from edged.errors import EdgedError, ErrorCode, RequestError, RetryableError
 from edged.server import commands
+from edged.states import DaemonState
 
 log = logging.getLogger("edged.server")
 
@@ -77,6 +78,10 @@ def dispatch(daemon: Any, req: Request) -> None:
             where = "" if command is None else f" on the {req.endpoint} endpoint"
             raise RequestError(f"unknown op {req.op!r}{where}", code=ErrorCode.UNKNOWN_OP)
         command.validate(req.header, req.frames)
+        if getattr(command, "CHANGES_VERSIONS", False) and daemon.state is DaemonState.DRAINING:
+            # A swap started now would be cut off by the exit (or hold it up); refuse it
+            # with the code clients already retry on.
+            raise RetryableError(f"daemon is shutting down; {req.op} refused", code=ErrorCode.SHUTTING_DOWN)
         result = command.execute(daemon, req)
     except Exception as exc:
         daemon.reply(req, error_reply(req.id, req.op, exc))

@@ -16,6 +16,8 @@ from edged.server.commands._checks import no_frames, optional_str
 
 NAME = "rollback"
 ENDPOINTS = frozenset({"control"})
+#: Refused with ``SHUTTING_DOWN`` once the daemon drains (see dispatch).
+CHANGES_VERSIONS = True
 
 
 def validate(header: dict[str, Any], frames: list[Any]) -> None:

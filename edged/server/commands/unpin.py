@@ -14,6 +14,8 @@ from edged.server.commands._checks import no_frames, optional_str
 
 NAME = "unpin"
 ENDPOINTS = frozenset({"control"})
+#: Refused with ``SHUTTING_DOWN`` once the daemon drains (see dispatch).
+CHANGES_VERSIONS = True
 
 
 def validate(header: dict[str, Any], frames: list[Any]) -> None:

@@ -1,0 +1,90 @@
+"""Review findings (issue 12): behaviour a user would trip over, each against a real daemon."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from edged import protocol
+from edged.errors import DeadlineExceeded
+from edged.testing import tflite_build as tb
+from tests.e2e.repohelpers import publish, publish_unloadable, state_of, versions, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.runtime]
+
+DARK = np.zeros((1, 8, 8, 1), np.float32)
+
+
+def config(tmp_path: Path, extra: str = "") -> Path:
+    p = tmp_path / "edged.toml"
+    p.write_text("[repository]\nsettle_s = 0.2\nvalidation_timeout_s = 60\n"
+                 "[repository.probation]\nseconds = 3600\nrequests = 1000000\n" + extra)
+    return p
+
+
+@pytest.fixture
+def mrepo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    publish(repo, "v1", tb.random_classifier(seed=1), tmp=tmp_path)
+    return repo
+
+
+def test_a_failed_pin_keeps_the_earlier_pin(daemon_factory, mrepo, tmp_path):
+    publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    d = daemon_factory(mrepo, "--config", str(config(tmp_path)))
+    assert d.cli("ctl", "pin", "v2").returncode == 0
+    publish_unloadable(mrepo, "v3", b"not a flatbuffer" * 8)
+    r = d.cli("ctl", "pin", "v3")
+    assert r.returncode == 6, r.stderr
+    assert versions(d)["pinned"] == "v2"
+    with d.client() as c:
+        assert c.predict(DARK).version == "v2"
+
+
+def test_deadline_ms_zero_is_a_deadline(daemon):
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    with daemon.client() as c:
+        with pytest.raises(DeadlineExceeded):
+            c.predict(x, deadline_ms=0)
+        assert c.predict(x).version == "v1"
+
+
+def test_version_changing_calls_are_refused_while_draining(daemon_factory, tmp_path):
+    repo = tmp_path / "slow-repo"
+    publish(repo, "v1", tb.slow_model(size=64, depth=4), tmp=tmp_path)
+    publish(repo, "v2", tb.slow_model(size=64, depth=4, seed=2), tmp=tmp_path)
+    d = daemon_factory(repo, "--workers", "1", "--config",
+                       str(config(tmp_path, '[repository.models.m]\nactivation = "manual"\n')))
+    ctx = zmq.Context.instance()
+    pred = ctx.socket(zmq.DEALER)
+    ctl = ctx.socket(zmq.DEALER)
+    for s in (pred, ctl):
+        s.setsockopt(zmq.LINGER, 0)
+    pred.connect(d.endpoint)
+    ctl.connect(d.control_endpoint)
+    try:
+        head = {"v": 1, "op": "predict", "inputs": [protocol.tensor_meta(DARK)]}
+        for i in range(30):  # keeps the drain busy while the control calls arrive
+            pred.send_multipart([json.dumps({**head, "id": i}).encode(), DARK.tobytes()])
+        assert pred.poll(60_000)
+        calls = [{"op": "quit"}, {"op": "swap", "version": "v2"}, {"op": "pin", "version": "v2"},
+                 {"op": "rollback"}, {"op": "unpin"}, {"op": "unmark", "version": "v2"}]
+        for i, call in enumerate(calls):  # pipelined: read in one batch, right after quit
+            ctl.send_multipart([json.dumps({"v": 1, "id": i, **call}).encode()])
+        replies = {}
+        while len(replies) < len(calls) and ctl.poll(60_000):
+            r = json.loads(ctl.recv_multipart()[0])
+            replies[r["id"]] = r
+        assert replies[0]["ok"] and replies[0]["stopping"]
+        for i in range(1, len(calls)):
+            assert not replies[i]["ok"], replies[i]
+            assert replies[i]["error"]["code"] == "SHUTTING_DOWN", replies[i]
+            assert "shutting down" in replies[i]["error"]["message"]
+    finally:
+        pred.close()
+        ctl.close()
+    assert d.stop(sig=None) == 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from packaging.version import InvalidVersion, Version
 
 from edged import fsafe
 from edged.errors import EdgedError, ErrorCode, ModelError, RetryableError
 from edged.repository import layout
 from edged.runtime.backends import select_backend
 from edged.runtime.model import LITE_MODEL, LoadedModel, LoadSpec
+
+log = logging.getLogger("edged.repository")
 
 VALIDATION_NICE = 19  # the child's niceness (see _lower_priority)
 
@@ -94,11 +98,19 @@ def check_min_runtime(manifest: dict[str, Any] | None, backend_name: str, backen
     need = ((manifest or {}).get("min_runtime") or {}).get(backend_name)
     if not need or backend_version == "?":
         return
-
-    def key(v: str) -> tuple[int, ...]:
-        return tuple(int(p) for p in v.split(".")[:3] if p.isdigit())
-
-    if key(backend_version) < key(str(need)):
+    # PEP 440 ordering: "2.17rc1" is after 2.16 and before 2.17 (a hand-rolled split
+    # on dots read it as 2).
+    try:
+        required = Version(str(need))
+    except InvalidVersion:
+        raise ModelError(f"min_runtime {backend_name} = {need!r} is not a version number",
+                         code=ErrorCode.VALIDATION_FAILED) from None
+    try:
+        running = Version(backend_version)
+    except InvalidVersion:
+        log.warning("cannot compare %s version %r with min_runtime %s", backend_name, backend_version, need)
+        return
+    if running < required:
         raise ModelError(f"needs {backend_name} >= {need}, this daemon runs {backend_name} {backend_version}; "
                          f"upgrade the runtime or publish a version converted for it",
                          code=ErrorCode.VALIDATION_FAILED)

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from packaging.version import InvalidVersion, Version
 
 from edged import fsafe
 from edged.errors import ModelError
@@ -273,6 +274,12 @@ def _check_min_runtime(value: Any) -> dict[str, str] | None:
         return None
     if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ManifestError(f"min_runtime: expected null or an object of backend -> version string, got {value!r}")
+    for backend, version in value.items():
+        try:
+            Version(version)
+        except InvalidVersion:
+            raise ManifestError(f"min_runtime.{backend}: {version!r} is not a version number (PEP 440, "
+                                f"e.g. \"2.17\" or \"2.17rc1\")") from None
     return dict(value)
 
 

@@ -98,3 +98,29 @@ def test_unreadable_model_file(backend, tmp_path):
     path = version(tmp_path, b"not a flatbuffer at all")
     with pytest.raises(ModelError, match="cannot load"):
         load(backend, path)
+
+
+@pytest.mark.parametrize("need, running, ok", [
+    ("2.16", "2.17rc1", True),  # a pre-release of 2.17 is newer than 2.16 (read as "2" before)
+    ("2.17", "2.17rc1", False),  # ...and older than 2.17
+    ("2.17", "2.17.0", True),
+    ("2.14", "2.9.1", False),
+    ("2.17.0rc2", "2.17.0rc10", True),
+])
+def test_min_runtime_compares_versions_like_pep_440(need, running, ok):
+    from edged.repository.check import check_min_runtime
+
+    if ok:
+        check_min_runtime({"min_runtime": {"litert": need}}, "litert", running)
+    else:
+        with pytest.raises(ModelError, match=f"needs litert >= {need}"):
+            check_min_runtime({"min_runtime": {"litert": need}}, "litert", running)
+
+
+def test_manifest_refuses_a_min_runtime_that_is_not_a_version():
+    from edged.repository.manifest import Manifest, ManifestError
+
+    with pytest.raises(ManifestError, match="min_runtime.litert"):
+        Manifest.from_dict({"format": 1, "name": "m", "version": "v1",
+                            "files": {"model.tflite": {"sha256": "0" * 64, "size": 1}},
+                            "min_runtime": {"litert": "latest"}})

@@ -144,7 +144,7 @@ class Daemon:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         # Stats before models: a rollback at boot (crash during probation) is published and counted.
-        self.scheduler = Scheduler(cfg.server.queue_size, cfg.max_queued_per_client)
+        self.scheduler = Scheduler(cfg.server.queue_size, cfg.max_queued_per_client, workers=cfg.server.workers)
         self.stats = Stats(queue_depth=self.scheduler.depth)
         self.models = ModelManager(cfg, self.backend, clock=self.clock, emit=self.publish)
         self.models.start()
@@ -664,8 +664,11 @@ class Daemon:
             if not _answer_is_mine(job):
                 self.scheduler.done()  # already answered by the main loop (past its budget)
                 continue
+            began = self.clock.monotonic()
+            service_s: float | None = None
             try:
                 header, arrays = self._process(worker_id, job)
+                service_s = self.clock.monotonic() - began
             except Exception as exc:
                 header, arrays = error_reply(job.req.id, job.req.op, exc), []
                 # Say which version refused or failed it, as a success reply would.
@@ -680,7 +683,7 @@ class Daemon:
                     self.models.record(job.model, False, None, None)  # the model failed, not the request
             finally:
                 self.busy_since[worker_id] = None
-                self.scheduler.done()
+                self.scheduler.done(service_s)
             self.post(job.req, header, arrays)
 
     def _process(self, worker_id: int, job: Job) -> tuple[dict[str, Any], list[Any]]:

@@ -27,9 +27,19 @@ from edged.errors import Throttled
 _ORDER = ("high", "normal", "low")
 
 
+#: Seconds one job is assumed to take before any has been measured.
+_FIRST_SERVICE_S = 0.05
+#: Weight of the newest measurement in the moving average of service time.
+_ALPHA = 0.2
+#: Bounds of ``retry_after_ms`` on a full queue.
+_RETRY_MS = (1, 10_000)
+
+
 class Scheduler:
-    def __init__(self, queue_size: int, max_per_client: int | None = None) -> None:
+    def __init__(self, queue_size: int, max_per_client: int | None = None, *, workers: int = 1) -> None:
         self.queue_size = queue_size
+        self.workers = max(1, workers)
+        self.service_s = _FIRST_SERVICE_S  # moving average of one job's time in a worker
         self.max_per_client = max_per_client or queue_size
         # priority -> client -> its jobs; dict order is the round-robin ring (the
         # client served goes to the back), so a turn costs O(1).
@@ -55,9 +65,13 @@ class Scheduler:
         hog = max(self._per_client, key=self._per_client.__getitem__, default=None)
         return hog if hog is not None and self._per_client[hog] > held + 1 else None
 
-    def submit(self, job: Any, priority: str = "normal", retry_after_ms: int = 50, client: Any = b"",
+    def submit(self, job: Any, priority: str = "normal", retry_after_ms: int | None = None, client: Any = b"",
                capacity: int | None = None) -> Any | None:
         """Queue ``job`` for ``client``; returns the job it pushed out of a full queue, if any.
+
+        ``retry_after_ms`` of a refusal (unless given): the time the workers need to
+        work through the jobs ahead (the client's own, or the whole queue) at the
+        service rate measured so far, so a client that waits that long finds room.
 
         ``capacity`` (at most ``queue_size``) is the queue length this job may find,
         e.g. a power profile's limit.  Raises :class:`Throttled` when ``client``
@@ -69,12 +83,13 @@ class Scheduler:
             held = self._per_client.get(client, 0)
             if held >= self.max_per_client < self.queue_size:  # a cap below the queue's own
                 raise Throttled(f"this client already has {held} requests queued (limit {self.max_per_client} "
-                                "per client)", retry_after_ms=retry_after_ms)
+                                "per client)", retry_after_ms=self._retry_after_ms(held, retry_after_ms))
             evicted = None
             if self._queued >= full:
                 hog = self._hog_over(held)
                 if hog is None:
-                    raise Throttled(f"queue full ({self._queued} waiting)", retry_after_ms=retry_after_ms)
+                    raise Throttled(f"queue full ({self._queued} waiting)",
+                                    retry_after_ms=self._retry_after_ms(self._queued, retry_after_ms))
                 evicted = self._evict(hog)
             ring = self._queues[priority]
             jobs = ring.get(client)
@@ -143,9 +158,19 @@ class Scheduler:
         else:
             del self._per_client[client]
 
-    def done(self) -> None:
+    def _retry_after_ms(self, ahead: int, given: int | None = None) -> int:
+        if given is not None:
+            return given
+        parallel = min(self.max_active or self.workers, self.workers)
+        ms = round(1000 * self.service_s * ahead / max(1, parallel))
+        return max(_RETRY_MS[0], min(_RETRY_MS[1], ms))
+
+    def done(self, service_s: float | None = None) -> None:
+        """A worker finished a job; ``service_s`` is how long it took (None: not run, e.g. expired)."""
         with self._cond:
             self.active -= 1
+            if service_s is not None and service_s >= 0:
+                self.service_s += _ALPHA * (service_s - self.service_s)
             # Only a bound can hold a queued job back from a waiting worker; without
             # one, a finished job frees nothing a waiter could use, and waking the idle
             # worker for nothing costs the finishing one a GIL hand-off on its reply.

@@ -217,3 +217,30 @@ def test_a_newcomer_to_a_full_queue_pushes_out_the_biggest_holder_newest_job() -
         s.submit("b2", client=b"B")  # 2 and 2: fair already
     assert s.depth() == 4
     assert [s.get(0) for _ in range(4)] == ["a0", "b0", "a1", "b1"]
+
+
+def test_queue_full_retry_after_follows_the_measured_service_rate_and_depth() -> None:
+    def full(queue_size: int, workers: int, service_s: float, bound: int | None = None) -> int:
+        s = Scheduler(queue_size=queue_size, workers=workers)
+        s.set_max_active(bound)
+        for _ in range(50):  # the moving average settles on a steady service time
+            s.submit("x")
+            s.get(0)
+            s.done(service_s)
+        for i in range(queue_size):
+            s.submit(i)
+        with pytest.raises(Throttled) as err:
+            s.submit("over")
+        return err.value.retry_after_ms
+
+    assert full(8, 2, 0.100) == pytest.approx(400, rel=0.01)  # 8 queued x 100 ms over 2 workers
+    assert full(8, 1, 0.100) == pytest.approx(800, rel=0.01)
+    assert full(8, 4, 0.100, bound=1) == pytest.approx(800, rel=0.01)  # a power bound leaves one worker
+    assert full(2, 2, 0.002) == pytest.approx(2, abs=1)
+    assert full(1000, 1, 5.0) == 10_000  # capped
+    # A job that never ran (expired before start) says nothing about the service time.
+    s = Scheduler(queue_size=1, workers=1)
+    s.submit("a")
+    s.get(0)
+    s.done(None)
+    assert s.service_s == pytest.approx(0.05)

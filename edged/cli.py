@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edged import __version__
-from edged.errors import EdgedError, RequestError
+from edged.errors import EXIT_STATUS, EdgedError, ErrorCode, RequestError
 
 
 # -- logging -------------------------------------------------------------------------------
@@ -499,13 +499,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EdgedError as exc:
-        print(f"edged: {exc.code.value}: {exc.message}", file=sys.stderr)
-        return exc.exit_status
+        return _fail(args, exc.code.value, exc.message, exc.details, exc.exit_status)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"edged: {exc}", file=sys.stderr)
-        return 3
+        return _fail(args, ErrorCode.BAD_REQUEST.value, str(exc), {}, EXIT_STATUS[ErrorCode.BAD_REQUEST],
+                     show_code=False)
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(args: argparse.Namespace, code: str, message: str, details: dict[str, Any], status: int, *,
+          show_code: bool = True) -> int:
+    """Report a failed command: one line on stderr and, with ``--json``, the error as JSON on stdout.
+
+    Scripts read ``{"ok": false, "error": {"code", "message", "details"}, "exit_status"}``
+    from stdout whatever failed, with the same exit status as without ``--json``.
+    """
+    print(f"edged: {code}: {message}" if show_code else f"edged: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": {"code": code, "message": message, "details": details},
+                          "exit_status": status}, indent=2, default=str))
+    return status
 
 
 if __name__ == "__main__":

@@ -88,3 +88,19 @@ def test_version_changing_calls_are_refused_while_draining(daemon_factory, tmp_p
         pred.close()
         ctl.close()
     assert d.stop(sig=None) == 0
+
+
+def test_json_mode_prints_errors_as_json_with_the_documented_exit_status(daemon, tmp_path):
+    def failed(r, status: int, code: str) -> dict:
+        assert r.returncode == status, (r.stdout, r.stderr)
+        out = json.loads(r.stdout)
+        assert out["ok"] is False and out["exit_status"] == status and out["error"]["code"] == code
+        assert out["error"]["message"] and isinstance(out["error"]["details"], dict)
+        return out
+
+    failed(daemon.cli("ctl", "swap", "v9", "--json"), 4, "UNKNOWN_VERSION")
+    failed(daemon.cli("ctl", "pin", "../x", "--json"), 3, "BAD_REQUEST")
+    failed(daemon.cli("predict", "--json", str(tmp_path / "missing.npy")), 3, "BAD_REQUEST")
+    failed(daemon.cli("info", "--json", "--model", "nope"), 4, "UNKNOWN_MODEL")
+    failed(daemon.cli("health", "--json", "--endpoint", "ipc:///tmp/edged-nobody-here.sock", "--timeout", "0.5"),
+           8, "TIMEOUT")

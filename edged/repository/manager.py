@@ -208,16 +208,20 @@ class ModelManager:
         pause = (lambda: self.clock.sleep(LOAD_PAUSE_S)) if live else None
         return LoadedModel.load(self.spec_for(name, version, variant=variant), pause)
 
-    def start(self) -> None:
+    def start(self, before_load: Callable[[str], Any] | None = None) -> None:
         """Serve every model in the repository, then start the swap thread.
 
-        Raises :class:`DelegateUnavailable` only: an explicitly requested Edge
-        TPU that is missing is a configuration problem no older version can fix.
+        ``before_load(name)`` is called before each model loads (the daemon asks
+        systemd for more start time there).  Raises :class:`DelegateUnavailable`
+        only: an explicitly requested Edge TPU that is missing is a configuration
+        problem no older version can fix.
         """
         names = layout.model_names(self.root)
         if not names:
             log.warning("model repository %s has no models; serving nothing until one is published", self.root)
         for name in names:
+            if before_load is not None:
+                before_load(name)
             self._boot(name)
         self._thread = threading.Thread(target=self._run_ops, name="edged-swapper", daemon=True)
         self._thread.start()

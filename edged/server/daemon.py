@@ -88,6 +88,13 @@ _FRIGATE_SOCKET_KEYS = ("endpoint", "socket_group", "socket_mode", "allow_tcp")
 #: Seconds shutdown waits for the worker and swap threads after the grace period.
 _JOIN_S = 2.0
 
+#: Time asked of systemd (EXTEND_TIMEOUT_USEC) before each model loads at startup: a
+#: large model with a delegate can take longer than the unit's TimeoutStartSec alone.
+_LOAD_EXTEND_S = 60.0
+#: Past the grace period, shutdown joins the swap thread and the workers (_JOIN_S
+#: each) and lingers on the sockets; the stop timeout asked for covers that too.
+_STOP_MARGIN_S = 3 * _JOIN_S + 5.0
+
 
 class _Timer:
     __slots__ = ("interval", "fn", "due", "name")
@@ -147,7 +154,7 @@ class Daemon:
         self.scheduler = Scheduler(cfg.server.queue_size, cfg.max_queued_per_client, workers=cfg.server.workers)
         self.stats = Stats(queue_depth=self.scheduler.depth)
         self.models = ModelManager(cfg, self.backend, clock=self.clock, emit=self.publish)
-        self.models.start()
+        self.models.start(before_load=lambda name: self.notifier.extend_timeout(_LOAD_EXTEND_S))
         self.power = PowerController(cfg.power, self.clock, self)
         self.ctx = zmq.Context()
         if cfg.curve is not None:
@@ -306,6 +313,8 @@ class Daemon:
         self.state = DaemonState.DRAINING
         self._drain_deadline = self.clock.monotonic() + self.config.server.grace_period_s
         self.notifier.stopping(f"draining: {reason}")
+        # A grace period longer than the unit's TimeoutStopSec must not end in SIGKILL.
+        self.notifier.extend_timeout(self.config.server.grace_period_s + _STOP_MARGIN_S)
         log.info("stopping (%s): draining %d queued/in-flight requests, grace %.1fs", reason,
                  self.scheduler.depth() + self.scheduler.active, self.config.server.grace_period_s)
 

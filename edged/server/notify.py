@@ -25,7 +25,8 @@ Messages edged sends:
     keep-alive; sent by the main loop's tick only when :class:`WatchdogGate`
     says the daemon is really healthy, so a wedged worker leads to a restart.
 ``EXTEND_TIMEOUT_USEC=<µs>``
-    ask for more time in the current start/stop/reload phase (e.g. a long drain).
+    ask for more time in the current start/stop phase: sent before each model
+    loads at startup and when the drain starts (grace period + join margin).
 
 Errors sending a notification are never raised: the daemon keeps serving even
 if systemd went away.  The first failure is logged as a warning, later ones at

@@ -104,3 +104,26 @@ def test_json_mode_prints_errors_as_json_with_the_documented_exit_status(daemon,
     failed(daemon.cli("info", "--json", "--model", "nope"), 4, "UNKNOWN_MODEL")
     failed(daemon.cli("health", "--json", "--endpoint", "ipc:///tmp/edged-nobody-here.sock", "--timeout", "0.5"),
            8, "TIMEOUT")
+
+
+def test_extend_timeout_is_sent_while_models_load_and_when_a_long_drain_starts(daemon_factory, repo, sockdir,
+                                                                               tmp_path):
+    from tests.e2e.test_systemd_notify import FakeSystemd
+
+    fs = FakeSystemd(sockdir / "notify.sock")
+    try:
+        cfg = tmp_path / "edged.toml"
+        cfg.write_text("[server]\ngrace_period_s = 45\n")
+        d = daemon_factory(repo, "--config", str(cfg), ready=False, env={"NOTIFY_SOCKET": str(fs.path)})
+        first = fs.next()
+        assert int(first["EXTEND_TIMEOUT_USEC"]) >= 30_000_000, first  # before the model loads
+        fs.wait_for("READY", "1")
+        d.wait_ready()
+        r = d.cli("ctl", "quit")
+        assert r.returncode == 0, r.stderr
+        fs.wait_for("STOPPING", "1")
+        ext = fs.wait_for("EXTEND_TIMEOUT_USEC")
+        assert int(ext["EXTEND_TIMEOUT_USEC"]) >= 45_000_000  # the whole grace period, and the joins
+        assert d.stop(sig=None) == 0
+    finally:
+        fs.close()

@@ -394,7 +394,7 @@ class ModelManager:
                 row["lite_rejected"] = slot.lite_rejected[version][1]
             rows.append(row)
         return {"model": slot.name, "serving": slot.serving.version if slot.serving else None,
-                "committed": st.committed, "pinned": st.pinned, "versions": rows}
+                "committed": st.committed, "pinned": st.pinned, "held": st.held, "versions": rows}
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -444,9 +444,12 @@ class ModelManager:
             st = self.state.get(name)
             model_dir = self.root / name
             current = layout.version_number(slot.serving.version) if slot.serving else -1
+            floor = current if current is not None else -1
+            if st.held is not None and slot.serving is not None:
+                floor = max(floor, layout.version_number(st.held) or 0)  # the operator's swap holds
             candidate = None
             for version in reversed(layout.version_names(model_dir)):
-                if (layout.version_number(version) or 0) <= (current if current is not None else -1):
+                if (layout.version_number(version) or 0) <= floor:
                     break
                 if version in st.bad:
                     continue
@@ -524,7 +527,8 @@ class ModelManager:
             raise RetryableError(f"{name}/{version} is marked bad ({st.bad[version]}); "
                                  f"run 'edged ctl unmark {version}' first", code=ErrorCode.INVALID_STATE)
         if slot.serving is not None and slot.serving.version == version and slot.serving.spec.variant == self.variant:
-            return {"model": name, "version": version, "changed": False}
+            self._hold(name, op.reason)
+            return {"model": name, "version": version, "changed": False, **self._held_reply(name)}
         fingerprint = self._fingerprint(path)
         t0 = time.monotonic()
         log.debug("%s/%s: validating (%s)", name, version, op.reason)
@@ -553,8 +557,10 @@ class ModelManager:
         # superseded while still on probation was never proven good.
         baseline = previous.p95_invoke_us() if previous is not None else None
         baseline_variant = previous.spec.variant if previous is not None else "full"
-        self.state.update(name, probation=Probation(version, st.committed, 1, self.clock.time(), baseline,
-                                                    baseline_variant))
+        # Going back to the committed version needs no probation: it already passed one.
+        proven = version == st.committed
+        self.state.update(name, probation=None if proven else Probation(version, st.committed, 1, self.clock.time(),
+                                                                        baseline, baseline_variant))
         log.debug("%s/%s: validated in %.0f ms; loading", name, version, validate_s * 1000)
         try:
             new = self.load(name, version, live=True)
@@ -566,20 +572,39 @@ class ModelManager:
         accuracy_baseline = self._accuracy_baseline(name, st.committed or (previous.version if previous else None))
         with self._lock:
             # Latency is compared like with like: a lite previous says nothing about a full candidate.
-            slot.probation = ProbationTracker(version, self.clock.monotonic(), policy,
-                                              baseline if baseline_variant == new.spec.variant else None,
-                                              baseline_accuracy=accuracy_baseline)
+            slot.probation = None if proven else ProbationTracker(
+                version, self.clock.monotonic(), policy, baseline if baseline_variant == new.spec.variant else None,
+                baseline_accuracy=accuracy_baseline)
             slot.serving = new  # from here new requests get the new version; queued ones keep the old
             slot.previous = previous if keep else None
         slot.errors.pop(version, None)
+        self._hold(name, op.reason)
         layout.set_current(self.root / name, version)
         event = {"event": "swap", "model": name, "version": version,
                  "previous": previous.version if previous else None, "reason": op.reason,
                  "validate_ms": round(validate_s * 1000), "samples": report.get("samples")}
-        log.info("%s: swapped %s -> %s (%s; validated in %.0f ms); on probation",
-                 name, event["previous"], version, op.reason, validate_s * 1000)
+        log.info("%s: swapped %s -> %s (%s; validated in %.0f ms); %s", name, event["previous"], version, op.reason,
+                 validate_s * 1000, "the committed version, no probation" if proven else "on probation")
         self.emit(event)
-        return {**event, "changed": True}
+        return {**event, "changed": True, **self._held_reply(name)}
+
+    def _hold(self, name: str, reason: str) -> None:
+        """An operator's swap holds until ``unpin`` or a version newer than any there now arrives.
+
+        Without it, auto-activation would put the newest version back on the next
+        scan, undoing ``edged ctl swap v1`` within a second (docs/decisions.md).
+        """
+        if reason == "manual":
+            versions = layout.version_names(self.root / name)
+            self.state.update(name, held=versions[-1] if versions else None)
+        elif reason == "auto":
+            self.state.update(name, held=None)
+
+    def _held_reply(self, name: str) -> dict[str, Any]:
+        held = self.state.get(name).held
+        if held is None:
+            return {}
+        return {"held": held, "holds_until": f"'edged ctl unpin' or a version newer than {held} is published"}
 
     def _rollback(self, name: str, why: str, *, expect: str | None = None,
                   target: str | None = None) -> dict[str, Any]:
@@ -773,11 +798,11 @@ class ModelManager:
                 verdict, why = tracker.verdict(now, accuracy)
             if verdict == "commit":
                 slot.probation = None
-                st = self.state.get(slot.name)
+                before = self.state.get(slot.name).committed  # read before update() changes it in place
                 self.state.update(slot.name, committed=tracker.version, probation=None)
                 log.info("%s/%s committed: %s", slot.name, tracker.version, why)
                 self.emit({"event": "commit", "model": slot.name, "version": tracker.version, "reason": why,
-                           "previous_committed": st.committed})
+                           "previous_committed": before})
             elif verdict == "rollback":
                 slot.probation = None  # judged once; the swap thread does the rest
                 self._ops.put(_Op("rollback", slot.name, tracker.version, reason=f"probation failed: {why}"))
@@ -795,8 +820,9 @@ class ModelManager:
         self.state.update(name, pinned=version)
 
     def unpin(self, name: str | None) -> ModelSlot:
+        """Let auto-activation manage the model again: clears the pin and an operator's swap hold."""
         slot = self.slot(name)
-        self.state.update(slot.name, pinned=None)
+        self.state.update(slot.name, pinned=None, held=None)
         return slot
 
     def withdraw(self, name: str, version: str, target: str, why: str) -> None:

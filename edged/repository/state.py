@@ -46,13 +46,17 @@ class ModelState:
     pinned: str | None = None
     probation: Probation | None = None
     bad: dict[str, str] = field(default_factory=dict)  # version -> why
+    #: An operator's swap holds: auto-activation takes only a version newer than this
+    #: one (the newest in the repository at the time of the swap) until ``unpin``.
+    held: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelState:
         prob = d.get("probation")
+        held = d.get("held")
         return cls(committed=d.get("committed"), pinned=d.get("pinned"),
                    probation=_probation(prob) if isinstance(prob, dict) else None,
-                   bad=dict(d.get("bad") or {}))
+                   bad=dict(d.get("bad") or {}), held=held if isinstance(held, str) else None)
 
 
 class StateStore:

@@ -127,3 +127,65 @@ def test_extend_timeout_is_sent_while_models_load_and_when_a_long_drain_starts(d
         assert d.stop(sig=None) == 0
     finally:
         fs.close()
+
+
+def test_an_operators_swap_holds_until_a_newer_version_arrives(daemon_factory, mrepo, tmp_path):
+    d = daemon_factory(mrepo, "--config", str(config(tmp_path)))
+    publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    with d.client() as c:
+        wait_until(lambda: c.predict(DARK).version == "v2", "v2 to serve on probation", daemon=d)
+        r = d.cli("ctl", "swap", "v1", "--json")
+        assert r.returncode == 0, r.stderr
+        reply = json.loads(r.stdout)
+        assert reply["changed"] is True and reply["held"] == "v2" and "unpin" in reply["holds_until"]
+        # A rescan queues any auto swap before the next operator call; ops run in order,
+        # so a second swap to v1 says whether v2 came back in between.
+        assert d.cli("ctl", "reload").returncode == 0
+        r = d.cli("ctl", "swap", "v1", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["changed"] is False, "auto-activation undid the operator's swap"
+        assert c.predict(DARK).version == "v1" and versions(d)["held"] == "v2"
+        publish(mrepo, "v3", tb.random_classifier(seed=3), tmp=tmp_path)  # newer than any seen: it may go
+        wait_until(lambda: c.predict(DARK).version == "v3", "v3 to serve", daemon=d)
+        assert versions(d)["held"] is None
+
+
+def test_unpin_releases_an_operators_swap(daemon_factory, mrepo, tmp_path):
+    d = daemon_factory(mrepo, "--config", str(config(tmp_path)))
+    publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    with d.client() as c:
+        wait_until(lambda: c.predict(DARK).version == "v2", "v2 to serve", daemon=d)
+        assert d.cli("ctl", "swap", "v1").returncode == 0
+        assert d.cli("ctl", "unpin").returncode == 0
+        wait_until(lambda: c.predict(DARK).version == "v2", "v2 back after unpin", daemon=d)
+
+
+def test_swap_back_to_the_committed_version_skips_probation_and_commit_names_the_old(daemon_factory, mrepo,
+                                                                                      tmp_path, sockdir):
+    cfg = config(tmp_path).read_text().replace("seconds = 3600\nrequests = 1000000", "seconds = 0\nrequests = 10")
+    (tmp_path / "quick.toml").write_text(cfg)
+    d = daemon_factory(mrepo, "--config", str(tmp_path / "quick.toml"))
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"model")
+    sub.connect(f"ipc://{sockdir}/events.sock")
+    try:
+        publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+        with d.client() as c:
+            wait_until(lambda: c.predict(DARK).version == "v2", "v2 to serve", daemon=d)
+            for _ in range(10):
+                c.predict(DARK)
+            commit = None
+            while commit is None and sub.poll(60_000):
+                event = json.loads(sub.recv_multipart()[1])
+                commit = event if event["event"] == "commit" else None
+            assert commit is not None and commit["version"] == "v2" and commit["previous_committed"] == "v1"
+            # v1 is no longer committed: swapping to it is a real change, on probation.
+            assert d.cli("ctl", "swap", "v1").returncode == 0
+            assert state_of(d, "v1")["state"] == "probation"
+            # Back to the committed v2: proven already, so it serves without a new probation.
+            assert d.cli("ctl", "swap", "v2").returncode == 0
+            assert state_of(d, "v2")["state"] == "serving" and versions(d)["committed"] == "v2"
+            assert c.predict(DARK).version == "v2"
+    finally:
+        sub.close()

@@ -4,7 +4,10 @@ Request: ``{"op": "swap", "version": "v3", "model"?: NAME, "force"?: bool}``.
 The reply comes when the swap is done: ``{"model", "version", "previous",
 "changed", "validate_ms", ...}``, or ``VALIDATION_FAILED`` / ``CONTRACT_CHANGED``
 (``force`` accepts a changed contract) / ``INVALID_STATE`` (marked bad) /
-``UNKNOWN_VERSION``.  The swapped-in version starts its probation.
+``UNKNOWN_VERSION``.  The swapped-in version starts its probation (not the
+committed version: it passed one).  The swap holds: auto-activation waits until
+``unpin`` or a version newer than any there now is published; the reply says so
+in ``held`` (the newest version at the time) and ``holds_until``.
 
 CLI: ``edged ctl swap v3 [--model N] [--force]``.
 """

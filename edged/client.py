@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,38 @@ def default_endpoint(system_dir: str = SYSTEM_RUNTIME_DIR) -> str:
 
 def default_control_endpoint(system_dir: str = SYSTEM_RUNTIME_DIR) -> str:
     return _default("EDGED_CONTROL_ENDPOINT", "control.sock", system_dir)
+
+
+def _check_listening(endpoint: str) -> None:
+    """Fail at once when nothing can be listening on an ``ipc://`` endpoint.
+
+    ZeroMQ connects in the background and retries forever, so a missing daemon
+    would otherwise show only as a timeout (10 s for ``edged health``).  A plain
+    ``connect()`` to the socket file tells at once: no file, or a refused
+    connection (the file of a daemon that died).  A daemon that accepts is left
+    to ZeroMQ; the probe connection is closed before any byte is sent.
+    """
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint[len("ipc://"):]
+    if path.startswith("@"):
+        return  # abstract namespace: no file to look at
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+        why = "no socket file" if not isinstance(exc, ConnectionRefusedError) else "connection refused"
+        raise TransportError(f"nothing listens on {endpoint} ({why}); is edged running?",
+                             code=ErrorCode.NOT_RUNNING, endpoint=endpoint) from None
+    except PermissionError:
+        raise TransportError(f"no permission to connect to {endpoint}; run as a member of the socket's group "
+                             f"(see server.socket_group) or as root", code=ErrorCode.NOT_RUNNING,
+                             endpoint=endpoint) from None
+    except OSError:
+        return  # e.g. a full backlog: let ZeroMQ try, bounded by the call's timeout
+    finally:
+        probe.close()
 
 
 @dataclass
@@ -123,6 +156,7 @@ class Client:
             if unsafe:
                 # Whoever could replace the socket could answer in the daemon's place.
                 raise TransportError(f"refusing to connect to {self.endpoint}: {unsafe}", code=ErrorCode.CONFIG_INVALID)
+            _check_listening(self.endpoint)
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             if is_tcp(self.endpoint):

@@ -52,6 +52,7 @@ class ErrorCode(str, enum.Enum):
     TIMEOUT = "TIMEOUT"
     PROTOCOL_ERROR = "PROTOCOL_ERROR"  # the reply could not be understood
     AUTH_FAILED = "AUTH_FAILED"  # the CURVE handshake was refused (unknown client key, or CURVE on one side only)
+    NOT_RUNNING = "NOT_RUNNING"  # nothing listens on the ipc:// endpoint (no socket file, refused)
     # -- a bug or a runtime failure (exit 1) --
     INTERNAL = "INTERNAL"
 
@@ -64,7 +65,7 @@ for _code, _status in (
     ((ErrorCode.THROTTLED, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.SHUTTING_DOWN, ErrorCode.INVALID_STATE), 5),
     ((ErrorCode.MODEL_LOAD_FAILED, ErrorCode.VALIDATION_FAILED, ErrorCode.CONTRACT_CHANGED), 6),
     ((ErrorCode.CONFIG_INVALID,), 7),
-    ((ErrorCode.TIMEOUT, ErrorCode.PROTOCOL_ERROR, ErrorCode.AUTH_FAILED), 8),
+    ((ErrorCode.TIMEOUT, ErrorCode.PROTOCOL_ERROR, ErrorCode.AUTH_FAILED, ErrorCode.NOT_RUNNING), 8),
     ((ErrorCode.INTERNAL,), 1),
 ):
     for _c in _code:
@@ -170,6 +171,7 @@ _CLASS_FOR_CODE: dict[ErrorCode, type[EdgedError]] = {
     ErrorCode.TIMEOUT: TransportError,
     ErrorCode.PROTOCOL_ERROR: TransportError,
     ErrorCode.AUTH_FAILED: TransportError,
+    ErrorCode.NOT_RUNNING: TransportError,
     ErrorCode.INTERNAL: InternalError,
 }
 

@@ -107,7 +107,9 @@ class DaemonProcess:
                     pytest.fail(f"daemon exited with {self.proc.returncode} before ready:\n{self.log()}")
                 try:
                     c.health()
-                except TransportError:
+                except TransportError as exc:
+                    if exc.code.value == "NOT_RUNNING":
+                        time.sleep(0.05)  # no socket yet: the client fails at once, so do not spin
                     continue
                 self._check_runtime()
                 return

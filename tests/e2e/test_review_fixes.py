@@ -189,3 +189,22 @@ def test_swap_back_to_the_committed_version_skips_probation_and_commit_names_the
             assert c.predict(DARK).version == "v2"
     finally:
         sub.close()
+
+
+def test_nothing_listening_fails_at_once_with_exit_8(daemon, sockdir):
+    import socket
+    import subprocess
+
+    stale = sockdir / "stale.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(stale))  # a socket file with nobody listening: a daemon that died
+    s.close()
+    for endpoint in (f"ipc://{sockdir}/missing.sock", f"ipc://{stale}"):
+        for cmd in (["health", "--endpoint", endpoint], ["ctl", "status", "--control-endpoint", endpoint]):
+            try:  # a generous --timeout: only the fast check can answer within the run's bound
+                r = daemon.cli(*cmd, "--timeout", "3600", "--json", timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{cmd} waited for a reply from {endpoint}")
+            assert r.returncode == 8, (r.stdout, r.stderr)
+            assert json.loads(r.stdout)["error"]["code"] == "NOT_RUNNING" and "is edged running" in r.stderr
+    assert daemon.cli("health").returncode == 0  # a live daemon still answers

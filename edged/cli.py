@@ -214,7 +214,8 @@ def _status_text(d: dict[str, Any]) -> str:
              f"predict {d['endpoints']['predict']}  control {d['endpoints']['control']}",
              f"repository {d['repository']}"]
     for m in d["models"]:
-        lines.append(f"  {m['model']}: {m.get('version') or '-'} ({m.get('delegate', '-')})")
+        lines.append(f"  {m['model']}: {m.get('version') or '-'} ({m.get('delegate', '-')})"
+                     + (f"  probation: {_probation_text(m['probation'])}" if m.get("probation") else ""))
         for v, why in m.get("errors", {}).items():
             lines.append(f"    {v}: {why}")
     return "\n".join(lines)
@@ -287,10 +288,26 @@ def _power_text(d: dict[str, Any]) -> str:
 
 def _versions_text(d: dict[str, Any]) -> str:
     lines = [f"{d['model']}: serving {d['serving']}, committed {d['committed']}"
-             + (f", pinned {d['pinned']}" if d["pinned"] else "")]
+             + (f", pinned {d['pinned']}" if d["pinned"] else "")
+             + (f", held (auto-activation waits for a version newer than {d['held']})" if d.get("held") else "")]
     for v in d["versions"]:
-        lines.append(f"  {v['version']:>8}  {v['state']:<10} {v['reason']}")
+        lines.append(f"  {v['version']:>8}  {v['state']:<10} {v['reason']}".rstrip())
+        if v.get("probation"):
+            lines.append(f"            {_probation_text(v['probation'])}")
     return "\n".join(lines)
+
+
+def _probation_text(p: dict[str, Any]) -> str:
+    """``12/100 requests, 30/600 s; errors 0.0% (max 5.0%), ...`` – progress toward commit, figures vs limits."""
+    def rate(value: float | None, limit: float) -> str:
+        return f"{'-' if value is None else f'{value:.1%}'} (max {limit:.1%})"
+
+    p95 = "-" if p["p95_invoke_us"] is None else f"{p['p95_invoke_us']} us"
+    base = (f" (max {p['max_p95_ratio']}x the previous {p['baseline_p95_us']} us)"
+            if p["baseline_p95_us"] else " (no baseline)")
+    return (f"{p['requests']}/{p['requests_needed']} requests, {p['seconds']:.0f}/{p['seconds_needed']:.0f} s; "
+            f"errors {rate(p['error_rate'], p['max_error_rate'])}, "
+            f"non-finite {rate(p['nonfinite_rate'], p['max_nonfinite_rate'])}, p95 {p95}{base}")
 
 
 def cmd_pack(args: argparse.Namespace) -> int:

@@ -89,6 +89,24 @@ class ProbationTracker:
         if invoke_us is not None:
             self.latencies.append(invoke_us)
 
+    def progress(self, now: float) -> dict[str, Any]:
+        """Where this probation stands: what was served toward the commit thresholds, and
+        the figures judged against the rollback limits (shown by ``ctl versions``/``status``)."""
+        p = self.policy.probation
+        n = self.requests
+        p95 = float(np.percentile(np.asarray(self.latencies), 95)) if self.latencies else None
+        return {
+            "requests": n, "requests_needed": p.requests,
+            "seconds": round(now - self.started, 1), "seconds_needed": p.seconds,
+            "error_rate": round(self.errors / n, 4) if n else None, "max_error_rate": p.max_error_rate,
+            "nonfinite_rate": round(self.nonfinite / self.judged, 4) if self.judged else None,
+            "max_nonfinite_rate": p.max_nonfinite_rate,
+            "p95_invoke_us": None if p95 is None else round(p95), "baseline_p95_us":
+                None if self.baseline_p95_us is None else round(self.baseline_p95_us),
+            "max_p95_ratio": p.max_p95_ratio,
+            "baseline_accuracy": self.baseline_accuracy, "max_accuracy_drop": p.max_accuracy_drop,
+        }
+
     def verdict(self, now: float, accuracy: tuple[float | None, int] = (None, 0)) -> tuple[str, str]:
         """("rollback", why) | ("commit", why) | ("wait", "").
 
@@ -356,7 +374,7 @@ class ModelManager:
             entry: dict[str, Any] = {"model": slot.name, "errors": dict(slot.errors)}
             if slot.serving is not None:
                 entry.update(slot.serving.describe())
-                entry["probation"] = slot.probation is not None
+                entry["probation"] = self._progress(slot)
             else:
                 entry["version"] = None
             out.append(entry)
@@ -392,9 +410,18 @@ class ModelManager:
                    "committed": version == st.committed, "pinned": version == st.pinned}
             if version in slot.lite_rejected:
                 row["lite_rejected"] = slot.lite_rejected[version][1]
+            if state is VersionState.PROBATION:
+                row["probation"] = self._progress(slot)
             rows.append(row)
         return {"model": slot.name, "serving": slot.serving.version if slot.serving else None,
                 "committed": st.committed, "pinned": st.pinned, "held": st.held, "versions": rows}
+
+    def _progress(self, slot: ModelSlot) -> dict[str, Any] | None:
+        tracker = slot.probation
+        if tracker is None:
+            return None
+        with self._lock:  # workers record into it
+            return tracker.progress(self.clock.monotonic())
 
     # -- scanning ------------------------------------------------------------------------------
 

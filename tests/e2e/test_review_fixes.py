@@ -208,3 +208,23 @@ def test_nothing_listening_fails_at_once_with_exit_8(daemon, sockdir):
             assert r.returncode == 8, (r.stdout, r.stderr)
             assert json.loads(r.stdout)["error"]["code"] == "NOT_RUNNING" and "is edged running" in r.stderr
     assert daemon.cli("health").returncode == 0  # a live daemon still answers
+
+
+def test_probation_progress_is_shown_by_versions_and_status(daemon_factory, mrepo, tmp_path):
+    d = daemon_factory(mrepo, "--config", str(config(tmp_path)))
+    publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
+    with d.client() as c:
+        wait_until(lambda: c.predict(DARK).version == "v2", "v2 to serve", daemon=d)
+        for _ in range(4):
+            c.predict(DARK)
+    row = state_of(d, "v2")
+    assert row["state"] == "probation"
+    prog = row["probation"]
+    assert prog["requests"] >= 5 and prog["requests_needed"] == 1_000_000 and prog["seconds_needed"] == 3600
+    assert prog["error_rate"] == 0.0 and prog["max_error_rate"] == 0.05 and prog["nonfinite_rate"] == 0.0
+    assert prog["p95_invoke_us"] is not None and prog["max_p95_ratio"] > 1
+    status = json.loads(d.cli("ctl", "status", "--json").stdout)
+    assert status["models"][0]["probation"]["requests"] >= 5
+    text = d.cli("ctl", "versions").stdout
+    assert "/1000000 requests" in text and "/3600 s" in text and "errors 0.0% (max 5.0%)" in text
+    assert "probation:" in d.cli("ctl", "status").stdout

@@ -30,7 +30,10 @@
 #   /etc/edged/edged.toml          from systemd/edged.toml.example, if absent
 #   /etc/systemd/system/edged.service (+ edged.service.d/edgetpu.conf with --edgetpu)
 #   /etc/edged/update-root.json (+ edged.service.d/update.conf)   [--update-root]
-#   /var/lib/edged/models          seeded from the repository's models/ if empty
+#   /var/lib/edged/models          seeded from the repository's models/ if empty: complete
+#                                  versions only (<model>/<vN>/ with a manifest.json; in a git
+#                                  checkout only versions git tracks), never the development
+#                                  state (.edged/state.json, current links, local publishes)
 #   systemctl daemon-reload; systemctl enable --now edged     [systemd running, no DESTDIR]
 set -euo pipefail
 umask 022
@@ -185,13 +188,44 @@ fi
 state="$DESTDIR/var/lib/edged"
 models="$state/models"
 mkdir -p "$models"
+
+# The versions to seed, as <model>/<version>, one a line.  A developer's checkout also
+# holds .edged/state.json (which version is committed, bad marks, probation), `current`
+# links and versions packed locally; none of that describes the device, so only complete
+# version directories are copied and, in a git checkout, only those git tracks.
+seed_versions() {
+    local tracked=0 vdir rel model version
+    if command -v git >/dev/null 2>&1 && git -C "$seed" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        tracked=1
+    fi
+    for vdir in "$seed"/*/*/; do
+        [ -d "$vdir" ] || continue
+        rel=${vdir#"$seed"/}
+        rel=${rel%/}
+        model=${rel%%/*}
+        version=${rel#*/}
+        [[ $model =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || continue
+        [[ $version =~ ^v?[0-9]{1,9}$ ]] || continue
+        [ -L "$seed/$rel" ] && continue
+        [ -f "$seed/$rel/manifest.json" ] || continue
+        if [ "$tracked" = 1 ] && ! git -C "$seed" ls-files --error-unmatch "$rel/manifest.json" >/dev/null 2>&1; then
+            say "not seeding $rel: not tracked by git (published locally)" >&2
+            continue
+        fi
+        echo "$rel"
+    done
+}
+
 if [ -n "$(ls -A "$models")" ]; then
     say "keeping existing models in $models"
-elif [ -d "$seed" ] && [ -n "$(ls -A "$seed")" ]; then
-    cp -a "$seed/." "$models/"
-    say "seeded $models from $seed"
+elif [ -d "$seed" ] && seeding=$(seed_versions) && [ -n "$seeding" ]; then
+    while IFS= read -r rel; do
+        mkdir -p "$models/${rel%%/*}"
+        cp -a "$seed/$rel" "$models/$rel"
+    done <<< "$seeding"
+    say "seeded $models from $seed: $(echo $seeding)"
 else
-    say "no models to seed ($seed is empty or missing); publish one into $models"
+    say "no models to seed ($seed has no complete version); publish one into $models"
 fi
 # After seeding: `cp -a seed/. models/` also copies the seed directory's own mode.
 chmod 0770 "$state"

@@ -56,6 +56,7 @@ def seed(tmp_path: Path) -> Path:
     s = tmp_path / "seed"
     (s / "digits" / "v1").mkdir(parents=True)
     (s / "digits" / "v1" / "model.tflite").write_bytes(b"TFL3 not really")
+    (s / "digits" / "v1" / "manifest.json").write_text("{}")
     (s / "digits" / "current").symlink_to("v1")
     return s
 
@@ -77,7 +78,7 @@ def test_install_tree_idempotent_and_uninstall(tmp_path: Path, seed: Path) -> No
     assert not (dest / "etc/systemd/system/edged.service.d").exists()
     models = dest / "var/lib/edged/models"
     assert (models / "digits/v1/model.tflite").read_bytes() == b"TFL3 not really"
-    assert os.readlink(models / "digits/current") == "v1"
+    assert not (models / "digits/current").exists()  # the daemon sets it; a seed's link is not the device's
 
     # Second run: nothing changes, not even mtimes.
     before = _tree(dest)
@@ -108,6 +109,28 @@ def test_install_tree_idempotent_and_uninstall(tmp_path: Path, seed: Path) -> No
     _run(UNINSTALL, dest, "--purge")
     assert not (dest / "etc/edged").exists()
     assert not (dest / "var/lib/edged").exists()
+
+
+def test_install_seeds_versions_only_never_development_state(tmp_path: Path, seed: Path) -> None:
+    (seed / ".edged").mkdir()
+    (seed / ".edged" / "state.json").write_text('{"format": 1, "models": {"digits": {"committed": "v9"}}}')
+    (seed / "digits" / "v2").mkdir()  # being copied in: no manifest yet
+    (seed / "digits" / "v2" / "model.tflite").write_bytes(b"half")
+    (seed / "digits" / ".v3.staging").mkdir()
+    git = shutil.which("git")
+    if git is not None:  # a checkout: a version packed locally (untracked) stays on the developer's machine
+        (seed / "digits" / "v4").mkdir()
+        (seed / "digits" / "v4" / "manifest.json").write_text("{}")
+        genv = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@t"}
+        subprocess.run([git, "init", "-q", str(seed)], check=True, env=genv)
+        subprocess.run([git, "-C", str(seed), "add", "digits/v1"], check=True, env=genv)
+    dest = tmp_path / "root"
+    _run(INSTALL, dest, env={"EDGED_SKIP_PIP": "1", "EDGED_SEED_MODELS": str(seed)})
+    models = dest / "var/lib/edged/models"
+    assert sorted(p.name for p in models.iterdir()) == ["digits"]
+    assert sorted(p.name for p in (models / "digits").iterdir()) == ["v1"]
+    assert (models / "digits/v1/model.tflite").read_bytes() == b"TFL3 not really"
 
 
 def test_install_refuses_unknown_flag(tmp_path: Path) -> None:

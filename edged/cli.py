@@ -221,7 +221,36 @@ def _status_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _event_text(e: dict[str, Any]) -> str:
+    import time
+
+    when = time.strftime("%H:%M:%S", time.localtime(e.get("ts", 0)))
+    rest = {k: v for k, v in e.items() if k not in ("event", "ts", "model", "version")}
+    what = "/".join(str(e[k]) for k in ("model", "version") if e.get(k) is not None)
+    return f"{when} {e.get('event', '?'):<9} {what} {_fields_text(rest) if rest else ''}".rstrip()
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Print the daemon's events (swap, commit, rollback, profile ...) as they happen."""
+    from edged.client import default_events_endpoint, events
+
+    endpoint = args.events_endpoint or default_events_endpoint(args.control_endpoint)
+    count = args.count or (None if args.follow else 1)
+    # --follow waits for ever (Ctrl-C ends it); otherwise one event within --timeout.
+    stream = events(endpoint, timeout=None if args.follow else args.timeout)
+    try:
+        for n, event in enumerate(stream, 1):
+            print(json.dumps(event) if args.json else _event_text(event), flush=True)
+            if count is not None and n >= count:
+                break
+    finally:
+        stream.close()
+    return 0
+
+
 def cmd_ctl(args: argparse.Namespace) -> int:
+    if args.ctl == "events":
+        return cmd_events(args)
     with _client(args, control=True) as c:
         if args.ctl == "status":
             _print(args, c.status(), _status_text)
@@ -232,7 +261,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
                 sys.stdout.write(prometheus_text(data))
             else:
-                _print(args, data)
+                _print(args, data, _stats_text)
         elif args.ctl == "power":
             fields: dict[str, Any] = {}
             if args.auto:
@@ -255,8 +284,41 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                 fields["force"] = True
             head, _ = c.call(args.ctl, **fields)
             head = {k: v for k, v in head.items() if k not in ("v", "id", "op", "ok")}
-            _print(args, head, lambda d: ", ".join(f"{k}={v}" for k, v in d.items()) or "ok")
+            _print(args, head, _fields_text)
     return 0
+
+
+def _value_text(value: Any) -> str:
+    """A reply value as an operator reads it: strings as they are, none for null, JSON otherwise."""
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _fields_text(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_value_text(v)}" for k, v in d.items()) or "ok"
+
+
+def _stats_text(d: dict[str, Any]) -> str:
+    """``ctl stats`` for people: one line per model version (the JSON has the histogram)."""
+    lines = [f"queue depth {d['queue_depth']}"]
+    if not d["models"]:
+        lines.append("no requests yet")
+    for m in d["models"]:
+        lat = m["latency_us"]
+
+        def ms(key: str) -> str:
+            return "-" if lat.get(key) is None else f"{lat[key] / 1000:.2f}"
+
+        errors = ", ".join(f"{code} {n}" for code, n in sorted(m["errors"].items())) or "none"
+        lines.append(f"{m['model']}/{m['version']}: {m['requests']} requests, errors: {errors}; "
+                     f"throttled {m['throttled']}, shed {m['shed']}, swaps {m['swaps']}, rollbacks {m['rollbacks']}, "
+                     f"cpu {m['cpu_seconds']:.3f} s")
+        lines.append(f"  latency ms: p50 {ms('p50')}  p95 {ms('p95')}  p99 {ms('p99')}  max {ms('max')}"
+                     f"  ({lat['count']} timed)")
+    return "\n".join(lines)
 
 
 def parse_duration(text: str) -> float:
@@ -491,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--profile", choices=["performance", "balanced", "powersave", "critical"], default=None)
     pw.add_argument("--for", dest="for_", default=None, metavar="DURATION", help="override length: 90s, 10m, 2h")
     pw.add_argument("--auto", action="store_true", help="return to the policy")
+    ev = ctl.add_parser("events", help="print events (swap, commit, rollback, profile ...) as they happen",
+                        parents=[common])
+    ev.add_argument("--follow", "-f", action="store_true", help="keep printing until interrupted (default: one event)")
+    ev.add_argument("--count", type=int, default=None, help="stop after this many events")
+    ev.add_argument("--events-endpoint", default=None,
+                    help="default $EDGED_EVENTS_ENDPOINT or events.sock beside the control socket")
     for name, helptext in (("rollback", "go back to the previous good version"),
                            ("unpin", "let auto-activation manage the model again")):
         ctl_opts(ctl.add_parser(name, help=helptext)).add_argument("--model", default=None)
@@ -522,6 +590,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      show_code=False)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `edged ctl versions | head -1`: the reader left; that is not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _fail(args: argparse.Namespace, code: str, message: str, details: dict[str, Any], status: int, *,

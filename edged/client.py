@@ -18,10 +18,11 @@ never wedge the client, and :class:`~edged.errors.TransportError` is raised.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,52 @@ def _check_listening(endpoint: str) -> None:
         return  # e.g. a full backlog: let ZeroMQ try, bounded by the call's timeout
     finally:
         probe.close()
+
+
+def default_events_endpoint(control_endpoint: str | None = None) -> str:
+    """Where the daemon publishes events: ``$EDGED_EVENTS_ENDPOINT``, else ``events.sock``
+    beside the control socket (the daemon's default for ``server.events_endpoint``)."""
+    if os.environ.get("EDGED_EVENTS_ENDPOINT"):
+        return os.environ["EDGED_EVENTS_ENDPOINT"]
+    control = control_endpoint or default_control_endpoint()
+    if not control.startswith("ipc://"):
+        raise TransportError(f"no default events endpoint for control endpoint {control}; "
+                             f"give --events-endpoint (server.events_endpoint)", code=ErrorCode.NOT_RUNNING)
+    return f"ipc://{os.path.join(os.path.dirname(control[len('ipc://'):]), 'events.sock')}"
+
+
+def events(endpoint: str | None = None, *, topics: Sequence[str] = ("",), timeout: float | None = None,
+           context: zmq.Context | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the daemon's events (``{"event": "swap", "model": ..., "ts": ...}``) as they come.
+
+    ``timeout``: seconds to wait for each event; past it :class:`TransportError`
+    (``TIMEOUT``) is raised.  None waits for ever.  PUB/SUB joins asynchronously,
+    so events published in the first moments after the call may be missed.
+    """
+    endpoint = endpoint or default_events_endpoint()
+    _check_listening(endpoint)
+    sock = (context or zmq.Context.instance()).socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        sock.connect(endpoint)
+        while True:
+            if not sock.poll(None if timeout is None else timeout * 1000):
+                raise TransportError(f"no event from {endpoint} within {timeout:.1f}s", code=ErrorCode.TIMEOUT)
+            frames = sock.recv_multipart()
+            try:
+                if len(frames) != 2 or len(frames[1]) > 1 << 20:
+                    raise ValueError(f"{len(frames)} frame(s), {sum(map(len, frames))} bytes")
+                event = json.loads(frames[1].decode("utf-8"))
+                if not isinstance(event, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise TransportError(f"unreadable event from {endpoint}: {exc}",
+                                     code=ErrorCode.PROTOCOL_ERROR) from None
+            yield event
+    finally:
+        sock.close(0)
 
 
 @dataclass

@@ -352,10 +352,19 @@ class ModelManager:
                 raise NotFoundError(f"request names no model and {len(serving)} are serving ({have}); set 'model'")
             return serving[0]
         slot = self.slots.get(name)
-        if slot is None or slot.serving is None:
-            why = "" if slot is None else f": no loadable version ({'; '.join(slot.errors.values())})"
-            raise NotFoundError(f"unknown model {name!r}{why}")
+        if slot is None:
+            raise self._unknown_model(name)
+        if slot.serving is None:
+            raise NotFoundError(f"model {name} has no loadable version ({'; '.join(slot.errors.values())})",
+                                models=self._serving_names())
         return slot.serving
+
+    def _serving_names(self) -> list[str]:
+        return sorted(n for n, s in self.slots.items() if s.serving is not None)
+
+    def _unknown_model(self, name: str) -> NotFoundError:
+        return NotFoundError(f"unknown model {name} (models: {', '.join(sorted(self.slots)) or 'none'})",
+                             models=sorted(self.slots))
 
     def slot(self, name: str | None) -> ModelSlot:
         if name is None:
@@ -365,7 +374,7 @@ class ModelManager:
             return next(iter(self.slots.values()))
         layout.check_name("model", name)
         if name not in self.slots:
-            raise NotFoundError(f"unknown model {name!r}")
+            raise self._unknown_model(name)
         return self.slots[name]
 
     def describe(self) -> list[dict[str, Any]]:
@@ -866,7 +875,8 @@ class ModelManager:
 
     def unmark(self, name: str | None, version: str) -> bool:
         slot = self.slot(name)
-        layout.check_name("version", version)
+        if version not in self.state.get(slot.name).bad:
+            layout.version_dir(self.root, slot.name, version)  # UNKNOWN_VERSION naming the versions there
         slot.rejected.pop(version, None)
         return self.state.unmark(slot.name, version)
 

@@ -261,7 +261,7 @@ class LoadedModel:
                 raise RequestError(f"input {spec.name!r} must be {spec.dtype.name}, got {arr.dtype.name}",
                                    code=ErrorCode.BAD_DTYPE)
             if tuple(arr.shape) != spec.shape:
-                raise RequestError(f"input {spec.name!r} must have shape {list(spec.shape)}, got {list(arr.shape)}",
+                raise RequestError(f"input {spec.name!r} must have shape {[int(d) for d in spec.shape]}, got {list(arr.shape)}",
                                    code=ErrorCode.BAD_SHAPE)
         return ordered  # type: ignore[return-value]
 

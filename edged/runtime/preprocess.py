@@ -9,6 +9,7 @@ entry) maps pixels to [0, 1]: mean 0, std 255.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG")
 #: What ``server.image_formats`` may name: raster formats with Pillow's own decoders.
 #: Never EPS/PS/PDF (Ghostscript runs them) nor formats that read other files.
 ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO", "PPM")
+#: ``<_io.BytesIO object at 0x7f...>`` and the like, which Pillow puts in its messages.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ def decode_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RequestError(f"image refused: {exc}", code=ErrorCode.BAD_IMAGE) from None
     except Exception as exc:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
-        raise RequestError(f"cannot decode image: {exc}", code=ErrorCode.BAD_IMAGE) from None
+        raise RequestError(f"cannot decode image: {_OBJECT_REPR.sub('the image', str(exc))}",
+                           code=ErrorCode.BAD_IMAGE) from None
     mode = prep.color or ("L" if channels == 1 else "RGB")
     if (mode == "L") != (channels == 1):
         raise RequestError(f"preprocessing colour {mode} does not fit a {channels}-channel input", code=ErrorCode.BAD_SHAPE)

@@ -228,3 +228,75 @@ def test_probation_progress_is_shown_by_versions_and_status(daemon_factory, mrep
     text = d.cli("ctl", "versions").stdout
     assert "/1000000 requests" in text and "/3600 s" in text and "errors 0.0% (max 5.0%)" in text
     assert "probation:" in d.cli("ctl", "status").stdout
+
+
+def test_ctl_events_follow_prints_events_as_they_happen(daemon):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edged", "ctl", "events", "--follow", "--count", "1", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env)
+    try:
+        # SUB joins asynchronously: switch profiles until the watcher has seen one event.
+        for _ in range(100):
+            assert daemon.cli("ctl", "power", "--profile", "powersave", "--for", "1m").returncode == 0
+            assert daemon.cli("ctl", "power", "--auto").returncode == 0
+            try:
+                out, err = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            pytest.fail("ctl events printed nothing")
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    event = json.loads(out.splitlines()[0])
+    assert event["event"] == "profile" and "ts" in event
+
+
+def test_small_things_a_user_met(daemon, tmp_path):
+    r = daemon.cli("ctl", "unmark", "v9")
+    assert r.returncode == 4 and "versions: v1" in r.stderr  # no such version: an error naming the real ones
+    r = daemon.cli("info", "--model", "nope")
+    assert r.returncode == 4 and "models: digits" in r.stderr
+    r = daemon.cli("ctl", "versions", "--model", "nope")
+    assert r.returncode == 4 and "models: digits" in r.stderr
+    r = daemon.cli("ctl", "pin", "v1")
+    assert r.returncode == 0 and "None" not in r.stdout
+    r = daemon.cli("ctl", "unpin")
+    assert r.returncode == 0 and r.stdout.strip() == "model=digits, pinned=none"
+    with daemon.client() as c:
+        c.predict(np.zeros((1, 8, 8, 1), np.float32))
+    r = daemon.cli("ctl", "stats")
+    assert r.returncode == 0 and "digits/v1" in r.stdout and "latency ms" in r.stdout and "{" not in r.stdout
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"\x89PNG not really")
+    r = daemon.cli("predict", str(bad))
+    assert r.returncode == 3 and "BAD_IMAGE" in r.stderr and "object at 0x" not in r.stderr
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 4, 4, 1), np.float32))
+    r = daemon.cli("predict", str(x))
+    assert r.returncode == 3 and "[1, 8, 8, 1]" in r.stderr and "np." not in r.stderr
+    # A reader that leaves early is not an error: no BrokenPipe traceback.
+    import subprocess
+    import sys
+
+    p = subprocess.run(f"{sys.executable} -m edged ctl versions | head -c 1", shell=True, capture_output=True,
+                       text=True, env=daemon.env, timeout=120)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_the_readme_python_snippet_runs(daemon):
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"Or from Python.*?```python\n(.*?)```", readme, re.S).group(1)
+    r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=daemon.env,
+                       cwd=str(ROOT), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("digits v1 ")

@@ -373,7 +373,8 @@ def _probation_text(p: dict[str, Any]) -> str:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from edged.repository.pack import pack
+    from edged.repository.manifest import load_manifest
+    from edged.repository.pack import base_manifest, differences, pack
 
     prep = _json_option("--preprocessing", args.preprocessing)
     accuracy = _json_option("--accuracy", args.accuracy)
@@ -384,14 +385,32 @@ def cmd_pack(args: argparse.Namespace) -> int:
             raise RequestError(f"--min-runtime {item!r}: expected litert|tflite-runtime|tensorflow=VERSION, "
                                f"e.g. tflite-runtime=2.17")
         min_runtime[runtime] = version
+    images = []
+    for item in args.golden_image:
+        file, sep, expected = item.partition("=")
+        images.append((Path(file), expected if sep else None))
+    base = base_manifest(Path(args.repo), args.name)
     target = pack(Path(args.model), name=args.name, version=args.version, repo=Path(args.repo),
+                  golden_images=images, inherit=not args.no_inherit,
                   labels=Path(args.labels) if args.labels else None,
                   golden_inputs=[Path(p) for p in args.golden_input],
                   lite=Path(args.lite) if args.lite else None, edgetpu=Path(args.edgetpu) if args.edgetpu else None,
                   preprocessing=prep, accuracy=accuracy, min_runtime=min_runtime or None, notes=args.notes,
                   runtime=args.runtime, atol=args.atol,
                   created_by={"command": "edged pack " + " ".join(sys.argv[2:])})
-    _print(args, {"path": str(target)}, lambda d: f"published {d['path']}")
+    report: dict[str, Any] = {"path": str(target), "compared_with": None, "differences": []}
+    if base is not None:
+        report["compared_with"] = base[0]
+        report["differences"] = differences(base[1], load_manifest(target))
+
+    def text(d: dict[str, Any]) -> str:
+        lines = [f"published {d['path']}"]
+        if d["compared_with"]:
+            lines.append(f"changes from {args.name}/{d['compared_with']} (the version it follows):")
+            lines += [f"  {line}" for line in d["differences"]] or ["  none"]
+        return "\n".join(lines)
+
+    _print(args, report, text)
     return 0
 
 
@@ -489,7 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--golden-input", action="append", default=[], help=".npy input; repeat for more samples")
     s.add_argument("--lite", default=None, help="power-saving variant, packed as model_lite.tflite")
     s.add_argument("--edgetpu", default=None, help="Edge TPU compiled variant, packed as model_edgetpu.tflite")
-    s.add_argument("--preprocessing", default=None, help='JSON, e.g. \'{"color": "RGB", "mean": [127.5], "std": [127.5]}\'')
+    s.add_argument("--golden-image", action="append", default=[], metavar="FILE[=LABEL]",
+                   help="encoded image whose top-1 (LABEL: expected label or index) validation checks; repeatable")
+    s.add_argument("--no-inherit", action="store_true",
+                   help="do not take the preprocessing and golden images of the version this one follows")
+    s.add_argument("--preprocessing", default=None,
+                   help='JSON, e.g. \'{"color": "RGB", "mean": [127.5], "std": [127.5]}\' '
+                        '(default: that of the version this one follows, see --no-inherit)')
     s.add_argument("--accuracy", default=None,
                    help='declared accuracy, JSON with "metric" and "value", e.g. '
                         '\'{"metric": "top1", "value": 0.96, "dataset": "digits test split"}\'')

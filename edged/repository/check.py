@@ -153,7 +153,16 @@ def run_checks(path: Path, runtime: str = "auto", delegate: str = "auto") -> dic
                     raise ModelError(f"golden sample {i} output {j} differs from the manifest (max |diff| {diff:.3g}, "
                                      f"atol {atol}, rtol {rtol})", code=ErrorCode.VALIDATION_FAILED)
             samples += 1
-    else:
+    images = (manifest or {}).get("golden_images") or []
+    for i, g in enumerate(images):
+        top1, score = image_top1(model, (path / g["file"]).read_bytes())
+        if top1 != g["top1"] or abs(score - g["score"]) > float(g.get("atol", GOLDEN_IMAGE_ATOL)):
+            raise ModelError(f"golden image {g['file']} answers {_class_text(model, top1)} {score:.3f}, the manifest "
+                             f"expects {_class_text(model, g['top1'])} {g['score']:.3f} (atol "
+                             f"{g.get('atol', GOLDEN_IMAGE_ATOL)}): is the preprocessing right?",
+                             code=ErrorCode.VALIDATION_FAILED)
+        samples += 1
+    if not golden and not images:
         rng = np.random.default_rng(0)
         for _ in range(3):
             arrays = [_random_input(rng, t) for t in model.inputs]
@@ -161,11 +170,43 @@ def run_checks(path: Path, runtime: str = "auto", delegate: str = "auto") -> dic
             for j, out in enumerate(result.outputs):
                 _finite(out, f"generated input, output {j}")
             samples += 1
-    report = {"ok": True, "contract": contract, "samples": samples, "golden": bool(golden),
+    report = {"ok": True, "contract": contract, "samples": samples, "golden": bool(golden or images),
               "runtime": backend.describe(), "delegate": model.delegate}
     if (path / LITE_MODEL).is_file():
         report["lite"] = check_lite(path, backend, delegate, manifest, contract)
     return report
+
+
+#: Default tolerance on a golden image's top-1 score (scores are in [0, 1] for a softmax).
+GOLDEN_IMAGE_ATOL = 0.02
+
+
+def image_top1(model: LoadedModel, data: bytes) -> tuple[int, float]:
+    """Decode ``data`` with the model's preprocessing (the daemon's own code), run it,
+    and return the top-1 class of output 0 and its (dequantized) score.
+
+    Raises :class:`ModelError` (``VALIDATION_FAILED``) when the model is not a
+    single-image-input classifier or the image does not decode.
+    """
+    if len(model.inputs) != 1:
+        raise ModelError(f"golden images need a single-input model, this one has {len(model.inputs)}",
+                         code=ErrorCode.VALIDATION_FAILED)
+    try:
+        x = model.image_input(data, 0, max_pixels=1 << 26)
+    except EdgedError as exc:
+        raise ModelError(f"golden image: {exc.message}", code=ErrorCode.VALIDATION_FAILED) from None
+    result = model.run([x])
+    top = model.top_k(result.outputs, 1)
+    if not top:
+        raise ModelError("golden images need a classifier (output 0 of shape [1, N] or [N])",
+                         code=ErrorCode.VALIDATION_FAILED)
+    _finite(result.outputs[0], "golden image output 0")
+    return int(top[0]["index"]), float(top[0]["score"])
+
+
+def _class_text(model: LoadedModel, index: int) -> str:
+    labels = model.labels or []
+    return f"{index} ({labels[index]})" if index < len(labels) and labels[index] != str(index) else str(index)
 
 
 def check_lite(path: Path, backend: Any, delegate: str, manifest: dict[str, Any] | None,

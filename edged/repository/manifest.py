@@ -37,8 +37,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VERSION_RE = re.compile(r"^v?\d+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"})
-_KNOWN_KEYS = ("format", "name", "version", "files", "contract", "preprocessing", "golden", "accuracy",
-               "min_runtime", "notes", "created_by")
+_KNOWN_KEYS = ("format", "name", "version", "files", "contract", "preprocessing", "golden", "golden_images",
+               "accuracy", "min_runtime", "notes", "created_by")
 
 
 class ManifestError(ValueError):
@@ -64,6 +64,9 @@ class Manifest:
     contract: dict[str, Any] | None = None
     preprocessing: dict[str, Any] | None = None
     golden: list[dict[str, Any]] = field(default_factory=list)
+    #: Encoded images run through the daemon's own preprocessing: ``{"file", "top1",
+    #: "label", "score", "atol"}`` – a preprocessing change that alters answers is refused.
+    golden_images: list[dict[str, Any]] = field(default_factory=list)
     accuracy: dict[str, Any] | None = None
     min_runtime: dict[str, str] | None = None
     notes: str = ""
@@ -88,6 +91,7 @@ class Manifest:
             contract=_check_contract(data.get("contract")),
             preprocessing=_check_preprocessing(data.get("preprocessing")),
             golden=_check_golden(data.get("golden")),
+            golden_images=_check_golden_images(data.get("golden_images")),
             accuracy=_check_accuracy(data.get("accuracy")),
             min_runtime=_check_min_runtime(data.get("min_runtime")),
             notes=_check_optional_str(data, "notes"),
@@ -100,6 +104,7 @@ class Manifest:
         out: dict[str, Any] = {
             "format": self.format, "name": self.name, "version": self.version, "files": self.files,
             "contract": self.contract, "preprocessing": self.preprocessing, "golden": self.golden,
+            **({"golden_images": self.golden_images} if self.golden_images else {}),
             "accuracy": self.accuracy, "min_runtime": self.min_runtime, "notes": self.notes,
             "created_by": self.created_by,
         }
@@ -255,6 +260,29 @@ def _check_golden(value: Any) -> list[dict[str, Any]]:
                 raise ManifestError(f"{where}.{tol}: expected a number >= 0, got {g[tol]!r}")
         samples.append(dict(g))
     return samples
+
+
+def _check_golden_images(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ManifestError(f"golden_images: expected a list, got {type(value).__name__}")
+    out = []
+    for i, g in enumerate(value):
+        where = f"golden_images[{i}]"
+        if not isinstance(g, Mapping):
+            raise ManifestError(f"{where}: expected an object, got {type(g).__name__}")
+        _check_relpath(g.get("file"), f"{where}.file")
+        if not _is_int(g.get("top1")) or g["top1"] < 0:
+            raise ManifestError(f"{where}.top1: expected a class index >= 0, got {g.get('top1')!r}")
+        if not _is_number(g.get("score")):
+            raise ManifestError(f"{where}.score: expected a finite number, got {g.get('score')!r}")
+        if not _is_number(g.get("atol", 0.0)) or g.get("atol", 0.0) < 0:
+            raise ManifestError(f"{where}.atol: expected a number >= 0, got {g.get('atol')!r}")
+        if g.get("label") is not None and not isinstance(g["label"], str):
+            raise ManifestError(f"{where}.label: expected a string, got {type(g['label']).__name__}")
+        out.append(dict(g))
+    return out
 
 
 def _check_accuracy(value: Any) -> dict[str, Any] | None:

@@ -300,3 +300,55 @@ def test_the_readme_python_snippet_runs(daemon):
                        cwd=str(ROOT), timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("digits v1 ")
+
+
+def test_repacking_keeps_preprocessing_and_golden_images_catch_a_wrong_one(daemon_factory, repo, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.e2e.test_serving import digit_png
+
+    x = np.load(repo / "digits/v1/golden/0.input.npy")
+    png = tmp_path / "digit.png"
+    png.write_bytes(digit_png(x))
+    v1 = repo / "digits/v1"
+
+    def edged(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=300,
+                              cwd=str(ROOT))
+
+    d = daemon_factory(repo)
+    with d.client() as c:
+        want = c.predict_image(png.read_bytes(), top_k=1).top_k[0]
+    label = want["label"]
+    # README flags: no --preprocessing.  The new version follows v1's, and pack says what changed.
+    r = edged("pack", str(v1 / "model.tflite"), "--name", "digits", "--version", "v2", "--repo", str(repo),
+              "--labels", str(v1 / "labels.txt"), "--golden-image", f"{png}={label}")
+    assert r.returncode == 0, r.stderr
+    assert "changes from digits/v1" in r.stdout and "preprocessing" not in r.stdout
+    v2 = json.loads((repo / "digits/v2/manifest.json").read_text())
+    assert v2["preprocessing"] == json.loads((v1 / "manifest.json").read_text())["preprocessing"]
+    assert v2["golden_images"][0]["label"] == label
+    with d.client() as c:
+        wait_until(lambda: c.predict_image(png.read_bytes(), top_k=1).version == "v2", "v2 to serve", daemon=d)
+        got = c.predict_image(png.read_bytes(), top_k=1).top_k[0]
+    assert got["label"] == label and got["score"] == pytest.approx(want["score"], abs=1e-4)
+
+    # A preprocessing that changes the answer is refused by pack (v2's golden image follows along)...
+    r = edged("pack", str(v1 / "model.tflite"), "--name", "digits", "--version", "v3", "--repo", str(repo),
+              "--labels", str(v1 / "labels.txt"), "--preprocessing", '{"color": "L", "mean": [0], "std": [255]}')
+    assert r.returncode == 6 and "golden image" in r.stderr and f"expected {label}" in r.stderr, r.stderr
+    assert not (repo / "digits/v3").exists()
+    # ...and by validation (offline and in the daemon) when a manifest's preprocessing is changed afterwards.
+    m = json.loads((repo / "digits/v2/manifest.json").read_text())
+    m["preprocessing"] = {"color": "L", "mean": [0.0], "std": [255.0], "invert": False}
+    (repo / "digits/v2/manifest.json").write_text(json.dumps(m))
+    r = edged("validate", str(repo / "digits/v2"))
+    assert r.returncode == 6 and "golden image" in r.stderr and "preprocessing" in r.stderr, r.stderr
+    # --no-inherit takes nothing from the followed version (here: the default preprocessing).
+    r = edged("pack", str(v1 / "model.tflite"), "--name", "digits", "--version", "v4", "--repo", str(repo),
+              "--no-inherit", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["compared_with"] in ("v1", "v2") and any(s.startswith("preprocessing:") for s in out["differences"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,18 @@ def test_bundled_default_model_manifest_is_valid_and_matches_its_files():
     assert verify_files(vdir, m) == []
     assert m.accuracy is not None and m.accuracy["value"] >= 0.95
     assert m.contract is not None and m.contract["inputs"][0]["name"] == "image"
+
+
+@pytest.mark.parametrize("entry, field", [
+    ({"file": "../x.png", "top1": 1, "score": 0.5}, "golden_images[0].file"),
+    ({"file": "golden/a.png", "top1": -1, "score": 0.5}, "golden_images[0].top1"),
+    ({"file": "golden/a.png", "top1": 1, "score": float("nan")}, "golden_images[0].score"),
+    ({"file": "golden/a.png", "top1": 1, "score": 0.5, "atol": -1}, "golden_images[0].atol"),
+])
+def test_golden_images_are_checked_field_by_field(entry, field):
+    from edged.repository.manifest import Manifest, ManifestError
+
+    with pytest.raises(ManifestError, match=re.escape(field)):
+        Manifest.from_dict({**minimal_manifest(), "golden_images": [entry]})
+    ok = {"file": "golden/a.png", "top1": 1, "score": 0.5, "label": "1", "atol": 0.02}
+    assert Manifest.from_dict({**minimal_manifest(), "golden_images": [ok]}).to_dict()["golden_images"] == [ok]

@@ -578,8 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--profile", choices=["performance", "balanced", "powersave", "critical"], default=None)
     pw.add_argument("--for", dest="for_", default=None, metavar="DURATION", help="override length: 90s, 10m, 2h")
     pw.add_argument("--auto", action="store_true", help="return to the policy")
-    ev = ctl.add_parser("events", help="print events (swap, commit, rollback, profile ...) as they happen",
-                        parents=[common])
+    ev = ctl_opts(ctl.add_parser("events", help="print events (swap, commit, rollback, profile ...) as they happen"))
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing until interrupted (default: one event)")
     ev.add_argument("--count", type=int, default=None, help="stop after this many events")
     ev.add_argument("--events-endpoint", default=None,

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from edged import fsafe
 from edged.errors import ErrorCode, ModelError, NotFoundError, RequestError
+from edged.runtime.files import MODEL_FILE
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 VERSION_RE = re.compile(r"^v?(\d{1,9})$")
 CURRENT = "current"
-MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 LABELS_FILE = "labels.txt"
 
@@ -114,15 +115,38 @@ def read_labels(path: Path) -> list[str] | None:
 
 
 def set_current(model_dir: Path, version: str) -> None:
-    """Point ``current`` at ``version`` atomically: a new symlink renamed over the old one, then fsync the dir."""
-    tmp = model_dir / f".current.{os.getpid()}.tmp"
+    """Point ``current`` at ``version`` atomically: a new symlink renamed over the old one."""
+    _replace(model_dir / CURRENT, lambda tmp: os.symlink(version, tmp))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (state file, manifest).
+
+    Readers see the old file or the new one, never a torn one, also after a
+    power cut.  Raises ``OSError`` from the filesystem (the temporary file is removed).
+    """
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _replace(path, write)
+
+
+def _replace(path: Path, make: Callable[[Path], None]) -> None:
+    # The temporary name is hidden (scans and watchers skip dot-files) and per process;
+    # one left by a process that died is overwritten.  The directory is fsynced after
+    # the rename: only then is the new entry itself on disk.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
     try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    os.symlink(version, tmp)
-    os.replace(tmp, model_dir / CURRENT)
-    fsync_dir(model_dir)
+        make(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:

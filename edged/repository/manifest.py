@@ -25,10 +25,9 @@ from packaging.version import InvalidVersion, Version
 
 from edged import fsafe
 from edged.errors import ModelError
-from edged.repository.layout import fsync_dir
+from edged.protocol import DTYPES
+from edged.repository.layout import MANIFEST_FILE, MODEL_FILE, write_atomic
 
-MANIFEST_FILE = "manifest.json"
-MODEL_FILE = "model.tflite"
 FORMAT = 1
 #: A manifest is a few KB; anything far larger is not one.
 MAX_MANIFEST_BYTES = 16 << 20
@@ -36,7 +35,7 @@ MAX_MANIFEST_BYTES = 16 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _VERSION_RE = re.compile(r"^v?\d+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"})
+_DTYPES = frozenset(DTYPES)  # a contract speaks the wire's dtypes
 _KNOWN_KEYS = ("format", "name", "version", "files", "contract", "preprocessing", "golden", "golden_images",
                "accuracy", "min_runtime", "notes", "created_by")
 
@@ -342,21 +341,10 @@ def write_manifest(version_dir: str | os.PathLike[str], manifest: Manifest) -> P
     what marks a version complete.  Raises ``OSError`` from the filesystem (the
     temporary file is removed).
     """
-    directory = Path(version_dir)
-    target = directory / MANIFEST_FILE
-    tmp = directory / f".{MANIFEST_FILE}.{os.getpid()}.tmp"  # hidden: watchers and listings skip it
+    target = Path(version_dir) / MANIFEST_FILE
     data = dumps(manifest).encode()
     Manifest.from_dict(json.loads(data))  # never write what load_manifest would refuse (ManifestError)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(directory)  # the rename is only durable once the directory entry is on disk
+    write_atomic(target, data)
     return target
 
 

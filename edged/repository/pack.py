@@ -26,6 +26,7 @@ from edged.repository.manifest import (
     Manifest, ManifestError, contract_from_details, file_entry, load_manifest, write_manifest,
 )
 from edged.repository.state import StateStore
+from edged.runtime.files import EDGETPU_MODEL, LITE_MODEL
 from edged.runtime.model import LoadedModel, LoadSpec
 
 
@@ -87,7 +88,7 @@ def pack(
     staging.mkdir()
     try:
         shutil.copyfile(model_file, staging / layout.MODEL_FILE)
-        for src, dest in ((labels, layout.LABELS_FILE), (lite, "model_lite.tflite"), (edgetpu, "model_edgetpu.tflite")):
+        for src, dest in ((labels, layout.LABELS_FILE), (lite, LITE_MODEL), (edgetpu, EDGETPU_MODEL)):
             if src is not None:
                 shutil.copyfile(src, staging / dest)
         backend = select_backend(runtime)
@@ -206,7 +207,7 @@ def differences(old: Manifest, new: Manifest) -> list[str]:
         out.append(f"contract: {contract_text(old.contract)} -> {contract_text(new.contract)}")
     if old.preprocessing != new.preprocessing:
         out.append(f"preprocessing: {_json(old.preprocessing)} -> {_json(new.preprocessing)}")
-    for f in (layout.MODEL_FILE, layout.LABELS_FILE, "model_lite.tflite", "model_edgetpu.tflite"):
+    for f in (layout.MODEL_FILE, layout.LABELS_FILE, LITE_MODEL, EDGETPU_MODEL):
         a, b = digest(old, f), digest(new, f)
         if a != b:
             out.append(f"{f}: " + ("added" if a is None else "removed" if b is None else "changed"))

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edged.repository.layout import fsync_dir
+from edged.repository.layout import write_atomic
 
 log = logging.getLogger("edged.repository")
 
@@ -104,13 +103,7 @@ class StateStore:
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": 1, "models": {name: asdict(st) for name, st in self.models.items()}}
-        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def _probation(d: dict[str, Any]) -> Probation | None:

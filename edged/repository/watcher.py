@@ -17,6 +17,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from edged.repository.layout import MANIFEST_FILE
 from edged.seams import Clock
 
 log = logging.getLogger("edged.repository")
@@ -56,7 +57,7 @@ class RepositoryWatcher(FileSystemEventHandler):
         # `edged pack` publishes with one rename of a finished directory: nothing more
         # will follow, so skip the debounce for a directory that arrives with its manifest.
         complete = event.is_directory and event.event_type in ("moved", "created") and \
-            os.path.exists(os.path.join(str(getattr(event, "dest_path", "") or path), "manifest.json"))
+            os.path.exists(os.path.join(str(getattr(event, "dest_path", "") or path), MANIFEST_FILE))
         with self._lock:
             self._last_event = now - self.debounce_s if complete else now
         self.wake()

@@ -22,10 +22,10 @@ from typing import Any
 
 from edged.errors import ModelError
 from edged.runtime.backends import Backend
+from edged.runtime.files import EDGETPU_MODEL, MODEL_FILE
 
 log = logging.getLogger("edged.runtime")
 
-EDGETPU_MODEL = "model_edgetpu.tflite"
 
 
 class DelegateUnavailable(ModelError):
@@ -109,6 +109,6 @@ def cpu_fallback(backend: Backend, failed: DelegatePlan, error: Exception) -> De
     reason = f"{failed.name} failed: {error}"
     model = failed.model_file
     if failed.name == "edgetpu":
-        model = failed.model_file.with_name("model.tflite")
+        model = failed.model_file.with_name(MODEL_FILE)
     return DelegatePlan("cpu", model, [], backend.op_resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                         [*failed.fallbacks, reason])

@@ -34,11 +34,11 @@ from edged import fsafe
 from edged.errors import ErrorCode, ModelError, RequestError
 from edged.runtime import delegates as delegates_mod
 from edged.runtime.backends import Backend
+from edged.runtime.files import LITE_MODEL, MODEL_FILE
 from edged.runtime.preprocess import DEFAULT_IMAGE_FORMATS, Preprocessing, decode_image
 
 log = logging.getLogger("edged.runtime")
 
-LITE_MODEL = "model_lite.tflite"
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class LoadedModel:
         missing, the runtime rejects an operator, a custom op is missing, or an
         explicitly requested delegate cannot load.
         """
-        default_file = spec.path / "model.tflite"
+        default_file = spec.path / MODEL_FILE
         if spec.variant == "lite" and (spec.path / LITE_MODEL).is_file():
             default_file = spec.path / LITE_MODEL
         plan = delegates_mod.plan(spec.backend, spec.delegate, spec.path, default_file,

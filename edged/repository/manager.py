@@ -48,7 +48,7 @@ from edged.runtime.backends import Backend
 from edged.runtime.delegates import EDGETPU_MODEL, DelegateUnavailable
 from edged.runtime.model import LITE_MODEL, LoadedModel, LoadSpec
 from edged.seams import Clock
-from edged.states import VersionState
+from edged.states import VersionState, version_state
 
 log = logging.getLogger("edged.repository")
 
@@ -396,25 +396,15 @@ class ModelManager:
         model_dir = self.root / slot.name
         rows = []
         for version in layout.version_names(model_dir):
-            reason = ""
-            if slot.serving is not None and version == slot.serving.version:
-                state = VersionState.PROBATION if slot.probation else VersionState.SERVING
-            elif version in st.bad:
-                state, reason = VersionState.BAD, st.bad[version]
-            elif version in slot.rejected:
-                state, reason = VersionState.REJECTED, slot.rejected[version][1]
-            elif slot.previous is not None and version == slot.previous.version:
-                state = VersionState.PREVIOUS
-            elif not (model_dir / version / layout.MANIFEST_FILE).exists() and not self._settled(model_dir / version):
-                state, reason = VersionState.INCOMPLETE, "no manifest yet and files still changing"
-            elif version == st.committed:
-                state = VersionState.COMMITTED
-            else:
-                state = VersionState.AVAILABLE
-                if slot.deferred == version:
-                    reason = "deferred: the power profile does not allow updates now"
-            if version in slot.errors and state is VersionState.AVAILABLE:
-                state, reason = VersionState.REJECTED, slot.errors[version]
+            path = model_dir / version
+            state, reason = version_state(
+                serving=slot.serving is not None and version == slot.serving.version,
+                on_probation=slot.probation is not None, bad=st.bad.get(version),
+                rejected=slot.rejected[version][1] if version in slot.rejected else None,
+                previous=slot.previous is not None and version == slot.previous.version,
+                complete=lambda path=path: (path / layout.MANIFEST_FILE).exists() or self._settled(path),
+                committed=version == st.committed, deferred=slot.deferred == version,
+                load_error=slot.errors.get(version))
             row = {"version": version, "state": state.value, "reason": reason,
                    "committed": version == st.committed, "pinned": version == st.pinned}
             if version in slot.lite_rejected:

@@ -38,7 +38,7 @@ from edged.errors import (
 from edged.repository.manager import ModelManager
 from edged.repository.state import STATE_DIR
 from edged.repository.watcher import RepositoryWatcher
-from edged.runtime.backends import select_backend
+from edged.runtime.backends import Backend, select_backend
 from edged.seams import Clock
 from edged.server.auth import CurveAuth, zap_domain
 from edged.server.dispatch import Request, dispatch, encode_reply, error_reply
@@ -128,7 +128,21 @@ class Daemon:
         self.watcher: RepositoryWatcher | None = None
         self.updater: Any = None  # edged.update.service.UpdateService when [update] url is set
         self.watchdog_gate: WatchdogGate | None = None
+        # Every resource the daemon holds, declared here and acquired by startup(); close()
+        # releases whatever exists, so a failed startup and a normal stop take one path.
+        # Stats before models: a rollback at boot (crash during probation) is published and counted.
+        self.scheduler = Scheduler(config.server.queue_size, config.max_queued_per_client,
+                                   workers=config.server.workers)
+        self.stats = Stats(queue_depth=self.scheduler.depth)
+        self.backend: Backend | None = None
+        self.models: ModelManager | None = None
+        self.power: PowerController | None = None
+        self.ctx: zmq.Context | None = None
         self.events_sock: zmq.Socket | None = None
+        self.predict_sock: zmq.Socket | None = None
+        self.control_sock: zmq.Socket | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         # Reply ids for feedback: random per daemon start, so an id never matches across restarts.
         self._request_prefix = secrets.token_hex(4)
         self._request_seq = itertools.count(1)
@@ -150,16 +164,12 @@ class Daemon:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        # Stats before models: a rollback at boot (crash during probation) is published and counted.
-        self.scheduler = Scheduler(cfg.server.queue_size, cfg.max_queued_per_client, workers=cfg.server.workers)
-        self.stats = Stats(queue_depth=self.scheduler.depth)
         self.models = ModelManager(cfg, self.backend, clock=self.clock, emit=self.publish)
         self.models.start(before_load=lambda name: self.notifier.extend_timeout(_LOAD_EXTEND_S))
         self.power = PowerController(cfg.power, self.clock, self)
         self.ctx = zmq.Context()
         if cfg.curve is not None:
             self.auth = CurveAuth(self.ctx, cfg.allowed_keys, cfg.control_keys)
-        self.events_sock = None
         if cfg.events_endpoint:
             self.events_sock = self._bind("events", cfg.events_endpoint, cfg.server.predict_socket_mode, zmq.PUB)
         self.predict_sock = self._bind("predict", cfg.endpoint, cfg.server.predict_socket_mode)
@@ -167,7 +177,6 @@ class Daemon:
         if cfg.frigate.endpoint:
             self.frigate = FrigateEndpoint(self, cfg.frigate)
             self.frigate.sock = self._bind("frigate", cfg.frigate.endpoint, cfg.frigate.socket_mode)
-        self.watcher = None
         if cfg.repository.watch:
             self.watcher = RepositoryWatcher(self.models.root, self.clock, self.wake)
             self.watcher.start()
@@ -392,46 +401,74 @@ class Daemon:
                     except Exception:
                         log.exception("periodic job %s failed", t.name)
 
-    def _abort_startup(self) -> None:
-        """Undo a failed startup: no socket file or thread of a daemon that never ran is left.
+    def shutdown(self) -> None:
+        """The end of a run: answer what never started, stop threads, flush replies, release everything."""
+        self.close(graceful=True)
 
-        Every step is best effort and bounded, so the caller's exception (the
-        reason startup failed) is the one reported.
+    def close(self, *, graceful: bool) -> None:
+        """Release every resource :meth:`startup` acquired, whatever it got to; the one exit path.
+
+        ``graceful`` (after the main loop): requests still queued are answered
+        ``SHUTTING_DOWN``, replies and events are flushed and sockets linger
+        briefly.  Otherwise (startup failed) nothing is sent and sockets are
+        dropped at once.  Every step is bounded and best effort: one failing must
+        not leave the rest (socket files, threads, locks) behind, nor hide why
+        startup failed.
         """
         steps: list[tuple[str, Callable[[], Any]]] = []
-        if self.updater is not None:
+        if self.updater is not None:  # a transfer stops at its next chunk; its .part file stays
             steps.append(("updater", lambda: self.updater.close(_JOIN_S)))
         if self.watcher is not None:
             steps.append(("watcher", self.watcher.stop))
         if self.metrics_server is not None:
             steps.append(("metrics server", self.metrics_server.close))
-        if hasattr(self, "scheduler"):
-            steps.append(("scheduler", self.scheduler.close))
-        if hasattr(self, "models"):
-            steps.append(("models", lambda: self.models.close(timeout=_JOIN_S)))
-            # Startup failed in order (a port in use...): no model crashed it.
-            steps.append(("clean-stop record", self.models.record_clean_stop))
-        if self.auth is not None:
+        if graceful:
+            steps.append(("queued requests", self._answer_queued))
+        if self.workers is not None:
+            steps.append(("workers", self.workers.close))
+        steps.append(("scheduler", self.scheduler.close))
+        if self.models is not None:
+            steps.append(("models", lambda: self._close_models(graceful)))
+        if graceful and self.ctx is not None:
+            steps.append(("replies", self._flush_outbox))
+            steps.append(("events", self._send_events))
+        if self.auth is not None:  # it holds a ZAP socket: ctx.term() would wait for it
             steps.append(("authenticator", self.auth.stop))
-        if hasattr(self, "ctx"):
-            steps.append(("sockets", lambda: self.ctx.destroy(linger=0)))  # closes every socket, never waits
+        steps.append(("sockets", lambda: self._close_sockets(graceful)))
         for path in self._ipc_files:
             steps.append((str(path), lambda path=path: path.unlink(missing_ok=True)))
-        steps.append(("locks", self.instance.close))
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                steps.append(("wake-up socket", sock.close))
+        steps.append(("locks", self.instance.close))  # last: a successor may start once our socket files are gone
         for what, step in steps:
             try:
                 step()
-            except Exception as exc:  # noqa: BLE001 - cleanup must not hide why startup failed
-                log.debug("cleanup after failed startup: %s: %s", what, exc)
+            except Exception as exc:  # noqa: BLE001 - the remaining steps must still run
+                if graceful:
+                    log.exception("shutdown: %s failed", what)
+                else:
+                    log.debug("cleanup after failed startup: %s: %s", what, exc)
+        self.state = DaemonState.STOPPED
+        if graceful:
+            log.info("stopped")
 
-    def shutdown(self) -> None:
-        """Stop workers, flush replies, close sockets and remove ipc files."""
-        if self.updater is not None:
-            self.updater.close(_JOIN_S)  # a transfer stops at its next chunk; its .part file stays
-        if self.watcher is not None:
-            self.watcher.stop()
-        if self.metrics_server is not None:
-            self.metrics_server.close()
+    def _close_models(self, graceful: bool) -> None:
+        """Stop the swap thread and the workers, and tell the boot counter whether the end was clean."""
+        assert self.models is not None
+        swapper_done = self.models.close(timeout=_JOIN_S)
+        if self.workers is not None:
+            # Workers not stuck in invoke() exit at once; a stuck one is abandoned
+            # (daemon thread) so the stop stays within TimeoutStopSec.
+            self.workers.join(_JOIN_S, time.monotonic)
+        if not graceful:
+            self.models.record_clean_stop()  # startup failed in order (a port in use...): no model crashed it
+        elif swapper_done and (self.workers is None or self.workers.alive() == 0):
+            self.models.record_clean_stop()  # the boot counter counts only unclean ends
+        else:
+            log.warning("not a clean stop for the boot counter: a worker or the swap thread did not finish")
+
+    def _answer_queued(self) -> None:
         # Past the grace period: what never started is answered, not dropped.
         for job in self.scheduler.drain():
             if not _answer_is_mine(job):
@@ -439,43 +476,24 @@ class Daemon:
             self.stats.shed(job.model.name, job.model.version)
             self.post(job.req, error_reply(job.req.id, job.req.op,
                                            RetryableError("daemon stopped before this request could run")))
-        if self.workers is not None:
-            self.workers.close()
-        self.scheduler.close()
-        swapper_done = self.models.close(timeout=_JOIN_S)
-        # Workers that are not stuck in invoke() exit at once; a stuck one is
-        # abandoned (daemon thread) so the stop stays within TimeoutStopSec.
-        if self.workers is not None:
-            self.workers.join(_JOIN_S, time.monotonic)
-        if swapper_done and (self.workers is None or self.workers.alive() == 0):
-            self.models.record_clean_stop()  # the boot counter counts only unclean ends
-        else:
-            log.warning("not a clean stop for the boot counter: a worker or the swap thread did not finish")
-        self._flush_outbox()
-        self._send_events()
+
+    def _close_sockets(self, graceful: bool) -> None:
+        if self.ctx is None:
+            return
+        if not graceful:
+            self.ctx.destroy(linger=0)  # closes every socket, never waits
+            return
         for sock in (self.predict_sock, self.control_sock, self.events_sock, self.frigate and self.frigate.sock):
             if sock is not None:
                 sock.close(linger=500)
-        if self.auth is not None:
-            self.auth.stop()  # it holds a ZAP socket: ctx.term() would wait for it
         self.ctx.term()
-        for path in self._ipc_files:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        self._wake_r.close()
-        self._wake_w.close()
-        self.instance.close()  # last: a successor may start once our socket files are gone
-        self.state = DaemonState.STOPPED
-        log.info("stopped")
 
     def run(self) -> None:
         """startup → main_loop → shutdown, with signal handlers installed."""
         try:
             self.startup()
         except BaseException:
-            self._abort_startup()
+            self.close(graceful=False)
             raise
         old = self.install_signal_handlers()
         try:
@@ -579,8 +597,11 @@ class Daemon:
 
     def wake(self) -> None:
         """Make the main loop turn now (from any thread or a signal handler)."""
+        w = self._wake_w
+        if w is None:
+            return  # not started yet: the loop that would wake does not exist
         try:
-            self._wake_w.send(b"\0")
+            w.send(b"\0")
         except (BlockingIOError, OSError):
             pass  # already pending, or shutting down
 

@@ -40,8 +40,9 @@ from edged.repository.state import STATE_DIR
 from edged.repository.watcher import RepositoryWatcher
 from edged.runtime.backends import Backend, select_backend
 from edged.seams import Clock
+from edged.server.api import Request
 from edged.server.auth import CurveAuth, zap_domain
-from edged.server.dispatch import Request, dispatch, encode_reply, error_reply
+from edged.server.dispatch import dispatch, encode_reply, error_reply
 from edged.server.frigate import FrigateEndpoint
 from edged.server.instance import REPOSITORY_LOCK, RUNTIME_LOCK, InstanceLock
 from edged.server.metrics import Stats, prometheus_text, serve_metrics

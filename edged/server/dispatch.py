@@ -9,33 +9,15 @@ message sent is generic so no internals leak to clients).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from edged import protocol
 from edged.errors import EdgedError, ErrorCode, RequestError, RetryableError
 from edged.server import commands
+from edged.server.api import DaemonAPI, Request
 from edged.states import DaemonState
 
 log = logging.getLogger("edged.server")
-
-
-@dataclass
-class Request:
-    endpoint: str  # "predict" | "control"
-    envelope: list[Any]  # routing frames to send back first
-    header: dict[str, Any]
-    frames: list[Any]  # zmq.Frame objects (zero-copy)
-    received: float  # clock.monotonic() when read
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def id(self) -> Any:
-        return self.header.get("id")
-
-    @property
-    def op(self) -> Any:
-        return self.header.get("op")
 
 
 def wire_error(exc: BaseException) -> dict[str, Any]:
@@ -70,7 +52,7 @@ def encode_reply(header: dict[str, Any]) -> bytes:
         return protocol.dumps(error_reply(_json_safe(header.get("id")), _json_safe(header.get("op")), exc))
 
 
-def dispatch(daemon: Any, req: Request) -> None:
+def dispatch(daemon: DaemonAPI, req: Request) -> None:
     """Run the command named by ``req.op``; any failure is answered as an error reply."""
     try:
         command = commands.REGISTRY.get(req.op) if isinstance(req.op, str) else None

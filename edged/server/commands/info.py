@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames, optional_str
 
 NAME = "info"
@@ -21,7 +22,7 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
     no_frames(frames)
 
 
-def execute(daemon: Any, req: Any) -> dict[str, Any]:
+def execute(daemon: DaemonAPI, req: Request) -> dict[str, Any]:
     name = req.header.get("model")
     if name is not None:
         return {"models": [daemon.models.get(name).describe()]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames, optional_str, required_version
 
 NAME = "pin"
@@ -25,5 +26,5 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
     no_frames(frames)
 
 
-def execute(daemon: Any, req: Any) -> None:
+def execute(daemon: DaemonAPI, req: Request) -> None:
     daemon.run_repository_op(req, "pin", version=req.header["version"])

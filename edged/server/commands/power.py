@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from edged.errors import RequestError
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames, optional_number, optional_str
 
 NAME = "power"
@@ -30,6 +31,6 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
     no_frames(frames)
 
 
-def execute(daemon: Any, req: Any) -> dict[str, Any]:
+def execute(daemon: DaemonAPI, req: Request) -> dict[str, Any]:
     h = req.header
     return daemon.power.override(h.get("profile"), h.get("for_s"), bool(h.get("auto", False)))

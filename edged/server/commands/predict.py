@@ -24,6 +24,7 @@ from typing import Any
 
 from edged.errors import RequestError
 from edged.protocol import PRIORITIES
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import optional_number, optional_str
 
 NAME = "predict"
@@ -52,6 +53,6 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
         raise RequestError(f"'priority' must be one of {', '.join(PRIORITIES)}")
 
 
-def execute(daemon: Any, req: Any) -> None:
+def execute(daemon: DaemonAPI, req: Request) -> None:
     daemon.submit_predict(req)
     return None

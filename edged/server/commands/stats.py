@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames
 
 NAME = "stats"
@@ -19,5 +20,5 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
     no_frames(frames)
 
 
-def execute(daemon: Any, req: Any) -> dict[str, Any]:
+def execute(daemon: DaemonAPI, req: Request) -> dict[str, Any]:
     return {"stats": daemon.stats_snapshot()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from edged.errors import RequestError
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames, optional_str, required_version
 
 NAME = "swap"
@@ -33,5 +34,5 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
     no_frames(frames)
 
 
-def execute(daemon: Any, req: Any) -> None:
+def execute(daemon: DaemonAPI, req: Request) -> None:
     daemon.run_repository_op(req, "swap", version=req.header["version"], force=req.header.get("force", False))

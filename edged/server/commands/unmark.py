@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames, optional_str, required_version
 
 NAME = "unmark"
@@ -24,7 +25,7 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
     no_frames(frames)
 
 
-def execute(daemon: Any, req: Any) -> dict[str, Any]:
+def execute(daemon: DaemonAPI, req: Request) -> dict[str, Any]:
     model = req.header.get("model")
     was_bad = daemon.models.unmark(model, req.header["version"])
     daemon.models.scan()

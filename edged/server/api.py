@@ -1,0 +1,66 @@
+"""What a command may ask of the daemon: the :class:`DaemonAPI` protocol, and the :class:`Request`.
+
+Command modules (``edged.server.commands``) and dispatch see the daemon only
+through this protocol, so what each command can touch is visible in its type;
+:class:`edged.server.daemon.Daemon` is the one implementation (a unit test
+checks it provides every member).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # types only: the server layer's neighbours, never imported at run time from here
+    from edged.config import Config
+    from edged.repository.manager import ModelManager
+    from edged.server.powerctl import PowerController
+    from edged.states import DaemonState
+
+
+@dataclass
+class Request:
+    endpoint: str  # "predict" | "control"
+    envelope: list[Any]  # routing frames to send back first
+    header: dict[str, Any]
+    frames: list[Any]  # zmq.Frame objects (zero-copy)
+    received: float  # clock.monotonic() when read
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> Any:
+        return self.header.get("id")
+
+    @property
+    def op(self) -> Any:
+        return self.header.get("op")
+
+
+class DaemonAPI(Protocol):
+    """The daemon as commands and dispatch see it."""
+
+    state: DaemonState
+    config: Config
+    models: ModelManager  # versions, swap requests, pins (set once startup() ran)
+    power: PowerController  # the power reading and manual override
+
+    def reply(self, req: Request, header: dict[str, Any], arrays: list[Any] | None = None) -> None:
+        """Answer ``req`` now, from the main thread."""
+
+    def health(self) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def stats_snapshot(self) -> dict[str, Any]: ...
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config; raises ConfigError (and keeps the old one) when it is invalid."""
+
+    def request_stop(self, reason: str) -> None:
+        """Start the drain (``quit``, SIGTERM)."""
+
+    def run_repository_op(self, req: Request, kind: str, **kw: Any) -> None:
+        """Queue a swap/rollback/pin; the reply is posted when it finishes."""
+
+    def submit_predict(self, req: Request) -> None:
+        """Admit a predict (power governor, queue); raises Throttled when refused."""

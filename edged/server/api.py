@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # types only: the server layer's neighbours, never imported at run time from here
     from edged.config import Config
     from edged.repository.manager import ModelManager
-    from edged.server.powerctl import PowerController
     from edged.states import DaemonState
 
 
@@ -42,7 +41,6 @@ class DaemonAPI(Protocol):
     state: DaemonState
     config: Config
     models: ModelManager  # versions, swap requests, pins (set once startup() ran)
-    power: PowerController  # the power reading and manual override
 
     def reply(self, req: Request, header: dict[str, Any], arrays: list[Any] | None = None) -> None:
         """Answer ``req`` now, from the main thread."""
@@ -58,6 +56,9 @@ class DaemonAPI(Protocol):
 
     def request_stop(self, reason: str) -> None:
         """Start the drain (``quit``, SIGTERM)."""
+
+    def power_override(self, profile: str | None, for_s: float | None, auto: bool) -> dict[str, Any]:
+        """``ctl power``: override the profile, or return to the policy (``auto``); the power status."""
 
     def run_repository_op(self, req: Request, kind: str, **kw: Any) -> None:
         """Queue a swap/rollback/pin; the reply is posted when it finishes."""

@@ -47,7 +47,7 @@ from edged.server.frigate import FrigateEndpoint
 from edged.server.instance import REPOSITORY_LOCK, RUNTIME_LOCK, InstanceLock
 from edged.server.metrics import Stats, prometheus_text, serve_metrics
 from edged.server.notify import Notifier, WatchdogGate
-from edged.server.powerctl import PowerController
+from edged.server.powerctl import PowerController, ProfileChange
 from edged.server.scheduler import Scheduler
 from edged.server.workers import WorkerPool
 from edged.states import DaemonState
@@ -167,7 +167,9 @@ class Daemon:
         self._wake_w.setblocking(False)
         self.models = ModelManager(cfg, self.backend, clock=self.clock, emit=self.publish)
         self.models.start(before_load=lambda name: self.notifier.extend_timeout(_LOAD_EXTEND_S))
-        self.power = PowerController(cfg.power, self.clock, self)
+        self.power = PowerController(cfg.power, self.clock, workers=cfg.server.workers,
+                                     queue_size=cfg.server.queue_size)
+        self.apply_power(self.power.initial)
         self.ctx = zmq.Context()
         if cfg.curve is not None:
             self.auth = CurveAuth(self.ctx, cfg.allowed_keys, cfg.control_keys)
@@ -190,7 +192,7 @@ class Daemon:
             self.updater = UpdateService(cfg.update, self.models.root, DaemonUpdateHost(self), clock=self.clock)
             self.updater.start()
         if self.power.enabled:
-            self.add_timer("power", self.power.config.interval_s, self.power.sample)
+            self.add_timer("power", self.power.config.interval_s, lambda now: self.apply_power(self.power.sample(now)))
         interval = self.notifier.watchdog_interval()
         if interval:
             self.watchdog_gate = WatchdogGate(self.clock, interval, self.longest_invoke, cfg.server.stuck_invoke_s,
@@ -631,6 +633,26 @@ class Daemon:
                 except (TypeError, ValueError, zmq.ZMQError):
                     log.exception("event %r dropped", event.get("event"))
 
+    def apply_power(self, change: ProfileChange | None) -> None:
+        """Apply a profile the power controller decided on: workers, repository, replies, event."""
+        if change is None:
+            return
+        self.scheduler.set_max_active(change.concurrency_bound)
+        self.profile = change.name
+        models = self.models
+        if models is not None:
+            models.num_threads = change.profile.num_threads
+            models.updates_allowed = change.profile.allow_updates
+            models.set_variant(change.profile.variant)
+            if change.profile.allow_updates:
+                models.scan()  # apply versions deferred under a stricter profile
+        self.publish(change.event())
+
+    def power_override(self, profile: str | None, for_s: float | None, auto: bool) -> dict[str, Any]:
+        """``ctl power``: override the profile (or return to the policy) and say where power stands."""
+        self.apply_power(self.power.override(profile, for_s, auto))
+        return self.power.status()
+
     def run_repository_op(self, req: Request, kind: str, **kw: Any) -> None:
         """Queue a swap/rollback/pin on the swap thread; the reply is posted when it finishes."""
 
@@ -667,7 +689,15 @@ class Daemon:
         priority = h.get("priority", "normal")
         wait = bool(h.get("wait", False))
         client = req.envelope[0].bytes  # the ROUTER identity: fairness is per connection
-        self.power.admit(model, priority, wait, client)
+        # The depth this client would find: a place the scheduler would free for it by
+        # pushing out a bigger holder's newest job does not count.
+        refused = self.power.admit(priority, wait, self.scheduler.depth_for(client))
+        if refused is not None:
+            if refused.counter == "shed":
+                self.stats.shed(model.name, model.version)
+            else:
+                self.stats.throttled(model.name, model.version)
+            raise self.power.refusal(refused)
         deadline = req.received + h["deadline_ms"] / 1000.0 if h.get("deadline_ms") is not None else None
         req.extra["model"] = model
         job = Job(req, model, deadline, int(h.get("top_k", 0)), priority, wait)
@@ -882,7 +912,7 @@ class Daemon:
             self.config.power = new.power
             for key in _FRIGATE_LIVE_KEYS:  # the endpoint reads self.config.frigate at each frame
                 setattr(self.config.frigate, key, getattr(new.frigate, key))
-            self.power.configure(new.power)
+            self.apply_power(self.power.configure(new.power, queue_size=new.server.queue_size))
             for t in self._timers:
                 if t.name == "power":
                     t.interval = self.power.config.interval_s

@@ -1,8 +1,9 @@
-"""Wires the power layer into the daemon: sample on the tick, decide, enforce.
+"""Wires the power layer into the daemon: sample on the tick, decide; the daemon enforces.
 
 Every ``power.interval_s`` the main loop reads the sensor source, lets the
-:class:`~edged.power.policy.Policy` decide, and on a change applies the new
-profile everywhere it matters:
+:class:`~edged.power.policy.Policy` decide, and on a change the controller
+returns a :class:`ProfileChange` that the daemon applies everywhere it matters
+(the controller holds no reference to the daemon and writes none of its fields):
 
 * the :class:`~edged.power.governor.Governor` (rate, queue, priority, duty cycle);
 * the scheduler's concurrency bound (workers in use);
@@ -19,91 +20,101 @@ the main loop, so a source is expected to answer in milliseconds.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from edged.errors import DeadlineExceeded, ErrorCode, RequestError, Throttled
-from edged.power import Governor, Policy, PolicyError, PowerConfig, make_source
+from edged.power import Admission, Governor, Policy, PolicyError, PowerConfig, Profile, make_source
 from edged.seams import Clock
 
 log = logging.getLogger("edged.power")
 
 
-class PowerController:
-    def __init__(self, raw_config: dict[str, Any], clock: Clock, daemon: Any) -> None:
-        self.clock = clock
-        self.daemon = daemon
-        self.configure(raw_config, first=True)
+@dataclass(frozen=True)
+class ProfileChange:
+    """A profile to apply, decided by the controller and applied by the daemon.
 
-    def configure(self, raw_config: dict[str, Any], first: bool = False) -> None:
-        """(Re)build source, policy and governor from a validated ``[power]`` table."""
+    ``concurrency_bound``: workers allowed to run (None: all); ``profile`` carries
+    ``num_threads``, ``allow_updates`` and ``variant`` for the repository.
+    """
+
+    name: str
+    reason: str
+    previous: str | None
+    profile: Profile
+    concurrency_bound: int | None
+
+    def event(self) -> dict[str, Any]:
+        return {"event": "profile", "profile": self.name, "previous": self.previous, "reason": self.reason}
+
+
+class PowerController:
+    def __init__(self, raw_config: dict[str, Any], clock: Clock, *, workers: int, queue_size: int) -> None:
+        self.clock = clock
+        self.workers = workers
+        self.queue_size = queue_size
+        #: The profile to start in, for the daemon to apply once it has what it applies it to.
+        self.initial = self.configure(raw_config, first=True)
+
+    def configure(self, raw_config: dict[str, Any], first: bool = False, *,
+                  queue_size: int | None = None) -> ProfileChange | None:
+        """(Re)build source, policy and governor from a validated ``[power]`` table; returns the profile to apply."""
         cfg = PowerConfig.from_dict(raw_config)
+        if queue_size is not None:
+            self.queue_size = queue_size
         self.config = cfg
         self.source = make_source(cfg.source, cfg.sysfs_root, cfg.file, self.clock, cfg.thermal_zones)
         override = None if first else self.policy.status()["override"]
         self.policy = Policy(cfg, self.clock)
-        server = self.daemon.config.server
         start = cfg.profile(cfg.default_profile)
-        self.governor = Governor(start, self.clock, workers=server.workers, queue_size=server.queue_size,
+        self.governor = Governor(start, self.clock, workers=self.workers, queue_size=self.queue_size,
                                  shed_retry_ms=int(cfg.interval_s * 1000))
         self.reading = None
         self.decision = None
         if override is not None:
             until = None if override["seconds_left"] is None else self.clock.monotonic() + override["seconds_left"]
             self.policy.override(override["profile"], until)
-        self.sample(self.clock.monotonic(), force=True)
+        return self.sample(self.clock.monotonic(), force=True)
 
     @property
     def enabled(self) -> bool:
         return self.config.enabled
 
-    def sample(self, now: float, force: bool = False) -> None:
-        """Timer job: read sensors, decide, apply on change."""
+    def sample(self, now: float, force: bool = False) -> ProfileChange | None:
+        """Timer job: read sensors and decide; returns the profile to apply on a change (or ``force``)."""
         if not self.enabled:
             if force:
-                self.apply(self.config.default_profile, "power management disabled", previous=None)
-            return
+                return self._change(self.config.default_profile, "power management disabled", previous=None)
+            return None
         self.reading = self.source.read()
         decision = self.policy.decide(self.reading)
         self.decision = decision
         if decision.changed or force:
-            self.apply(decision.profile, decision.reason, decision.previous)
+            return self._change(decision.profile, decision.reason, decision.previous)
+        return None
 
-    def apply(self, name: str, reason: str, previous: str | None) -> None:
+    def _change(self, name: str, reason: str, previous: str | None) -> ProfileChange:
         profile = self.config.profile(name)
-        d = self.daemon
-        self.governor.apply_profile(profile)
-        d.scheduler.set_max_active(self.governor.concurrency_bound)
-        d.profile = name
-        models = d.models
-        models.num_threads = profile.num_threads
-        models.updates_allowed = profile.allow_updates
-        models.set_variant(profile.variant)
-        if profile.allow_updates:
-            models.scan()  # apply versions deferred under a stricter profile
+        self.governor.apply_profile(profile)  # the governor is the controller's own
         if previous is not None and previous != name:
             log.info("power profile %s -> %s: %s", previous, name, reason)
-        d.publish({"event": "profile", "profile": name, "previous": previous, "reason": reason})
+        return ProfileChange(name, reason, previous, profile, self.governor.concurrency_bound)
 
     # -- requests ---------------------------------------------------------------------------
 
-    def admit(self, model: Any, priority: str, wait: bool, client: Any = b"") -> None:
-        """Door check for one predict from ``client``; raises :class:`Throttled` (with retry_after_ms).
-
-        The queue depth judged is the one ``client`` would find: a place the scheduler
-        would free for it by pushing out a bigger holder's newest job does not count.
-        """
-        depth = self.daemon.scheduler.depth_for(client)
-        adm = self.governor.admit(priority, self.clock.monotonic(), depth)
+    def admit(self, priority: str, wait: bool, queue_depth: int) -> Admission | None:
+        """Door check for one predict: None to admit it, else the refusal (see :meth:`refusal`)."""
+        adm = self.governor.admit(priority, self.clock.monotonic(), queue_depth)
         if adm.ok:
-            return
+            return None
         if wait and adm.counter == "throttled":
-            return  # the worker paces it (see pace()); the queue bound still applies
-        if adm.counter == "shed":
-            self.daemon.stats.shed(model.name, model.version)
-        else:
-            self.daemon.stats.throttled(model.name, model.version)
-        raise Throttled(f"throttled: {adm.reason}", retry_after_ms=adm.retry_after_ms or 0,
-                        profile=self.governor.profile.name)
+            return None  # the worker paces it (see pace()); the queue bound still applies
+        return adm
+
+    def refusal(self, adm: Admission) -> Throttled:
+        """The error a refused admission is answered with (``retry_after_ms``, the profile)."""
+        return Throttled(f"throttled: {adm.reason}", retry_after_ms=adm.retry_after_ms or 0,
+                         profile=self.governor.profile.name)
 
     def pace(self, worker_id: int, priority: str, deadline: float | None, waited_admission: bool) -> None:
         """Worker side: wait for the rate limit (queued requests) and the duty cycle.
@@ -145,12 +156,15 @@ class PowerController:
             "governor": self.governor.status(),
         }
 
-    def override(self, profile: str | None, duration_s: float | None, auto: bool) -> dict[str, Any]:
-        """``edged ctl power --profile P [--for D]`` / ``--auto``; raises RequestError for a bad profile."""
+    def override(self, profile: str | None, duration_s: float | None, auto: bool) -> ProfileChange | None:
+        """``edged ctl power --profile P [--for D]`` / ``--auto``: the profile to apply (None: show only).
+
+        Raises RequestError for an unknown profile.
+        """
         if auto:
             self.policy.auto()
-            self.sample(self.clock.monotonic(), force=True)
-        elif profile is not None:
+            return self.sample(self.clock.monotonic(), force=True)
+        if profile is not None:
             until = self.clock.monotonic() + duration_s if duration_s else None
             previous = self.governor.profile.name
             try:
@@ -158,5 +172,5 @@ class PowerController:
             except PolicyError as exc:
                 raise RequestError(str(exc), code=ErrorCode.BAD_REQUEST) from None
             self.decision = decision
-            self.apply(decision.profile, decision.reason, previous)
-        return self.status()
+            return self._change(decision.profile, decision.reason, previous)
+        return None

@@ -33,4 +33,4 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
 
 def execute(daemon: DaemonAPI, req: Request) -> dict[str, Any]:
     h = req.header
-    return daemon.power.override(h.get("profile"), h.get("for_s"), bool(h.get("auto", False)))
+    return daemon.power_override(h.get("profile"), h.get("for_s"), bool(h.get("auto", False)))

@@ -18,10 +18,13 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 from edged.curve import KeyFileError, ServerKeys, is_tcp, read_allowed_keys
 from edged.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edged.power.config import PowerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,6 +38,52 @@ Delegate = Literal["auto", "edgetpu", "xnnpack", "cpu"]
 Activation = Literal["auto", "manual"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a numeric setting may be, beyond its type: checked by :func:`_check_value` for every section."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    why: str = ""  # said after the bound, e.g. "a permission mode"
+
+    def check(self, key: str, value: Any) -> None:
+        if ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le)):
+            return
+        parts = [f"{op} {_num(b)}" for op, b in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+                 if b is not None]
+        raise ConfigError(key, value, "must be " + " and ".join(parts) + (f" ({self.why})" if self.why else ""))
+
+
+def _num(bound: float) -> str:
+    if isinstance(bound, int):
+        return "0o777" if bound == 0o777 else str(bound)
+    return f"{bound:g}"
+
+
+def setting(default: Any = dataclasses.MISSING, *, gt: float | None = None, ge: float | None = None,
+            lt: float | None = None, le: float | None = None, why: str = "") -> Any:
+    """A config field with bounds: ``workers: int = setting(2, gt=0)``.
+
+    The bounds live with the field, so a new section is a dataclass and nothing
+    else: :func:`load` checks types, choices (``Literal``) and bounds of every
+    section in one pass, and its errors name the key and the bad value.
+    """
+    return field(default=default, metadata={"bounds": Bounds(gt, ge, lt, le, why)})
+
+
+#: Upper bounds are there because past them a value is a typo or an attack on the host
+#: (100,000 worker threads, a billion queue slots, a 2**62-byte message cap that
+#: overflows ZeroMQ's option), never a setting.
+_GIB = 1 << 30
+#: Unix permission bits, as ``*_socket_mode`` take them.
+_MODE = {"ge": 0, "le": 0o777, "why": "a permission mode"}
+#: Shares and probabilities.
+_FRACTION = {"ge": 0.0, "le": 1.0}
 
 
 def runtime_dir(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
@@ -72,25 +121,25 @@ class ServerConfig:
     #: Allow non-loopback addresses: TCP endpoints (which also need CURVE, [security]) and metrics_endpoint.
     allow_remote: bool = False
     #: Worker threads, each running one request at a time; 0 = auto (see :func:`derive_parallelism`).
-    workers: int = 0
-    queue_size: int = 64
+    workers: int = setting(0, ge=0, le=64)
+    queue_size: int = setting(64, gt=0, le=65536)
     #: Most requests one client (one ZeroMQ connection) may have queued at all (0 = no
     #: cap but ``queue_size``).  Fairness does not need it: clients take turns, and a
     #: newcomer to a full queue pushes out the newest job of the client holding the most.
-    max_queued_per_client: int = 0
-    grace_period_s: float = 10.0
-    tick_s: float = 1.0
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_header_bytes: int = 64 * 1024
-    max_image_bytes: int = 16 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
+    max_queued_per_client: int = setting(0, ge=0, le=65536)
+    grace_period_s: float = setting(10.0, ge=0, le=3600)
+    tick_s: float = setting(1.0, gt=0, le=60)
+    max_message_bytes: int = setting(64 * 1024 * 1024, gt=0, le=_GIB)
+    max_header_bytes: int = setting(64 * 1024, gt=0, le=16 << 20)
+    max_image_bytes: int = setting(16 * 1024 * 1024, gt=0, le=_GIB)
+    max_image_pixels: int = setting(4096 * 4096, gt=0, le=1 << 28)
     #: Pillow formats an image input may be in; no other decoder is ever tried ([] = no images).
     image_formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG"])
     #: Longest a single invoke() may run before the daemon calls itself unhealthy.
-    stuck_invoke_s: float = 30.0
+    stuck_invoke_s: float = setting(30.0, gt=0, le=86400)
     socket_group: str = ""
-    predict_socket_mode: int = 0o660
-    control_socket_mode: int = 0o600
+    predict_socket_mode: int = setting(0o660, **_MODE)
+    control_socket_mode: int = setting(0o600, **_MODE)
     metrics_endpoint: str = ""
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
@@ -103,36 +152,36 @@ class RuntimeConfig:
     edgetpu_device: str = ""
     edgetpu_library: str = "libedgetpu.so.1"
     #: Threads per interpreter when requests run side by side; 0 = let the runtime decide.
-    num_threads: int = 1
+    num_threads: int = setting(1, ge=0, le=64)
     #: Threads of one more interpreter per model, used by a request that runs alone
     #: (nothing queued, no other worker busy); 0 = auto (the usable cores), 1 = none.
-    solo_threads: int = 0
+    solo_threads: int = setting(0, ge=0)
 
 
 @dataclass
 class ProbationConfig:
-    seconds: float = 60.0
-    requests: int = 100
-    max_error_rate: float = 0.05
-    max_nonfinite_rate: float = 0.0
-    max_p95_ratio: float = 3.0
+    seconds: float = setting(60.0, ge=0, le=30 * 86400)
+    requests: int = setting(100, ge=0, le=1 << 30)
+    max_error_rate: float = setting(0.05, ge=0, le=1)
+    max_nonfinite_rate: float = setting(0.0, ge=0, le=1)
+    max_p95_ratio: float = setting(3.0, ge=0)
     #: The p95 ratio only counts when the new p95 is also this much slower in absolute
     #: terms: sub-millisecond models jitter by several x under load.
-    min_p95_delta_ms: float = 1.0
+    min_p95_delta_ms: float = setting(1.0, ge=0)
     #: Daemon runs holding the version on probation that may end uncleanly (no clean-stop
     #: record: kill -9, OOM, power loss, a crash); the tries-th such end marks it bad.
-    tries: int = 1
+    tries: int = setting(1, gt=0, le=100)
     #: Live accuracy from application feedback (``feedback`` op) judges a version only
     #: after this many reports on it...
-    min_feedback: int = 20
+    min_feedback: int = setting(20, ge=0)
     #: ...and rolls it back when it is worse than the previous version's by more than this
     #: (absolute, 0.05 = five points; the previous version's manifest accuracy is the
     #: baseline while it has too little feedback of its own).
-    max_accuracy_drop: float = 0.05
+    max_accuracy_drop: float = setting(0.05, **_FRACTION)
     #: Longest probation (counted from this run's swap or boot, at least ``seconds``): then
     #: the version is judged on whatever traffic it saw, none included, and committed if it
     #: crossed no threshold.  0 = wait for ``requests`` however long that takes.
-    max_seconds: float = 3600.0
+    max_seconds: float = setting(3600.0, ge=0)
 
 
 @dataclass
@@ -140,16 +189,16 @@ class HealthConfig:
     """Per-version health signals over a window of recent requests (docs/configuration.md)."""
 
     #: Requests (and feedback reports, and remembered request ids) per version's window.
-    window: int = 1000
+    window: int = setting(1000, gt=0, le=100_000, why="memory is kept per version")
     #: A classifier answer whose top-1 probability is below this counts as low confidence.
-    low_confidence: float = 0.5
+    low_confidence: float = setting(0.5, **_FRACTION)
     #: Past any of these a version "looks unhealthy" (used by the adaptive update strategy).
-    max_error_rate: float = 0.05
-    max_low_confidence_share: float = 0.5
+    max_error_rate: float = setting(0.05, **_FRACTION)
+    max_low_confidence_share: float = setting(0.5, **_FRACTION)
     #: Live accuracy under this is unhealthy (0 = no floor).
-    min_accuracy: float = 0.0
+    min_accuracy: float = setting(0.0, **_FRACTION)
     #: Fewest requests (and feedback reports, for accuracy) before a signal counts.
-    min_samples: int = 20
+    min_samples: int = setting(20, gt=0)
 
 
 @dataclass
@@ -164,8 +213,8 @@ class RepositoryConfig:
     path: str = ""  # "" = default_models_path()
     activation: Activation = "auto"
     keep_previous: bool = False
-    settle_s: float = 2.0
-    validation_timeout_s: float = 30.0
+    settle_s: float = setting(2.0, ge=0, le=3600)
+    validation_timeout_s: float = setting(30.0, gt=0, le=3600)
     watch: bool = True
     probation: ProbationConfig = field(default_factory=ProbationConfig)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -195,30 +244,30 @@ class UpdateConfig:
     root: str = "/etc/edged/update-root.json"
     channel: str = "stable"
     strategy: UpdateStrategy = "off"
-    interval_s: float = 3600.0
+    interval_s: float = setting(3600.0, gt=0)
     #: Each wait is interval_s times a random factor in [1 - jitter, 1 + jitter].
-    jitter: float = 0.1
-    timeout_s: float = 30.0
-    max_download_mb: float = 512.0
+    jitter: float = setting(0.1, ge=0, lt=1, why="a fraction")
+    timeout_s: float = setting(30.0, gt=0)
+    max_download_mb: float = setting(512.0, gt=0)
     #: Download rate cap in kilobits per second; 0 = no cap.
-    max_rate_kbps: float = 0.0
+    max_rate_kbps: float = setting(0.0, ge=0)
     #: Tries per file after the first one fails mid-transfer (backoff 1, 2, 4 … s, at most 60 s).
-    retries: int = 3
+    retries: int = setting(3, ge=0)
     #: "" = a hash of /etc/machine-id.
     device_id: str = ""
     # -- conditions: strategy "conditional", and "adaptive" when use_conditions -----------------
     use_conditions: bool = False  # adaptive: obey the conditions below too
     require_profile_allows: bool = True  # the power profile's allow_updates
-    min_battery_percent: float = 0.0  # 0 = no battery condition; on AC always passes
-    max_cpu_percent: float = 100.0  # 100 = no CPU condition
+    min_battery_percent: float = setting(0.0, ge=0)  # 0 = no battery condition; on AC always passes
+    max_cpu_percent: float = setting(100.0, ge=0)  # 100 = no CPU condition
     windows: list[str] = field(default_factory=list)  # local "HH:MM-HH:MM"; [] = any time
-    min_free_disk_factor: float = 2.0  # free space on the repository >= factor x the download
+    min_free_disk_factor: float = setting(2.0, ge=0)  # free space on the repository >= factor x the download
     metered_interfaces: list[str] = field(default_factory=list)  # default route via one = metered
-    recheck_s: float = 60.0  # while an update is held back, look again at least this often
+    recheck_s: float = setting(60.0, gt=0)  # while an update is held back, look again at least this often
     # -- adaptive: the interval halves while a serving version looks unhealthy ([health] thresholds),
     # doubles while healthy
-    min_interval_s: float = 300.0
-    max_interval_s: float = 86400.0
+    min_interval_s: float = setting(300.0, gt=0)
+    max_interval_s: float = setting(86400.0, gt=0)
 
 
 @dataclass
@@ -231,15 +280,15 @@ class FrigateConfig:
     #: The edged model that answers ("" = the only model served; several = required).
     model: str = ""
     #: Rows below this score are not reported (Frigate's Edge TPU detector uses 0.4).
-    min_score: float = 0.4
+    min_score: float = setting(0.4, ge=0, le=1)
     #: A frame the power governor would refuse or delay past this many ms from receipt
     #: is answered "no detections" at once (Frigate times out and resets at 200 ms).
-    budget_ms: float = 150.0
+    budget_ms: float = setting(150.0, gt=0, le=10_000, why="Frigate waits 200 ms")
     #: Store a model Frigate pushes (``model_data``) as a new version of ``model``.
     #: Off: Frigate's process would gain the right to change what edged serves.
     accept_pushed_models: bool = False
     socket_group: str = ""
-    socket_mode: int = 0o660
+    socket_mode: int = setting(0o660, **_MODE)
     #: Frigate cannot do CURVE: TCP is plaintext and unauthenticated, so it is an opt-in
     #: bound to one address (never 0.0.0.0 / * / ::).
     allow_tcp: bool = False
@@ -266,8 +315,8 @@ class Config:
     repository: RepositoryConfig = field(default_factory=RepositoryConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
-    #: The raw [power] table; validated by edged.power.config in load().
-    power: dict[str, Any] = field(default_factory=dict)
+    #: ``[power]``, parsed and validated once, by load() (its schema lives in edged.power.config).
+    power: PowerConfig = field(default_factory=lambda: _power_config({}))
     frigate: FrigateConfig = field(default_factory=FrigateConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     source: str = "defaults"
@@ -307,42 +356,8 @@ class Config:
         return None  # TCP control without an explicit events endpoint: no PUB socket
 
 
-_POSITIVE = {
-    "server.queue_size", "server.tick_s", "server.max_message_bytes",
-    "server.max_header_bytes", "server.max_image_bytes", "server.max_image_pixels",
-    "server.stuck_invoke_s", "repository.validation_timeout_s", "probation.tries", "frigate.budget_ms",
-    "update.interval_s", "update.timeout_s", "update.max_download_mb", "update.recheck_s",
-    "update.min_interval_s", "update.max_interval_s",
-    "health.window", "health.min_samples",
-}
-#: Shares and probabilities: 0..1.
-_FRACTION = {
-    "health.low_confidence", "health.max_error_rate", "health.max_low_confidence_share", "health.min_accuracy",
-    "probation.max_accuracy_drop",
-}
-_NON_NEGATIVE = {
-    "server.workers", "server.grace_period_s", "server.max_queued_per_client", "runtime.num_threads", "runtime.solo_threads", "repository.settle_s", "probation.seconds",
-    "probation.requests", "probation.max_error_rate", "probation.max_nonfinite_rate", "probation.max_p95_ratio",
-    "probation.min_p95_delta_ms", "update.max_rate_kbps", "update.retries", "probation.min_feedback",
-    "probation.max_seconds",
-    "update.min_battery_percent", "update.max_cpu_percent", "update.min_free_disk_factor",
-}
-
-#: Upper bounds: past them a value is a typo or an attack on the host (100,000 worker
-#: threads, a billion queue slots, a 2**62-byte message cap that overflows ZeroMQ's
-#: option), never a setting.  Lower bounds live in _POSITIVE / _NON_NEGATIVE.
-_GIB = 1 << 30
-_MAXIMUM: dict[str, float] = {
-    "server.workers": 64, "server.queue_size": 65536, "server.max_queued_per_client": 65536,
-    "server.grace_period_s": 3600, "server.tick_s": 60, "server.max_message_bytes": _GIB,
-    "server.max_header_bytes": 16 << 20, "server.max_image_bytes": _GIB, "server.max_image_pixels": 1 << 28,
-    "server.stuck_invoke_s": 86400, "runtime.num_threads": 64, "repository.settle_s": 3600,
-    "repository.validation_timeout_s": 3600, "probation.seconds": 30 * 86400, "probation.requests": 1 << 30,
-    "probation.max_error_rate": 1.0, "probation.max_nonfinite_rate": 1.0, "probation.tries": 100,
-}
-
-
-def _check_value(key: str, hint: Any, value: Any) -> Any:
+def _check_value(key: str, hint: Any, value: Any, bounds: Bounds | None = None) -> Any:
+    """``value`` as the field's type, within its bounds; raises ConfigError naming ``key`` and ``value``."""
     origin = get_origin(hint)
     if origin is Literal:
         if value not in get_args(hint):
@@ -373,17 +388,8 @@ def _check_value(key: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, value, "must be a list of strings")
         return value
-    short = ".".join(key.split(".")[-2:]) if ".probation." in key else key
-    if short in _POSITIVE and value <= 0:
-        raise ConfigError(key, value, "must be > 0")
-    if short in _NON_NEGATIVE and value < 0:
-        raise ConfigError(key, value, "must be >= 0")
-    if short in _FRACTION and not 0.0 <= value <= 1.0:
-        raise ConfigError(key, value, "must be between 0 and 1")
-    if key == "health.window" and value > 100_000:
-        raise ConfigError(key, value, "must be <= 100000 (memory is kept per version)")
-    if short in _MAXIMUM and value > _MAXIMUM[short]:
-        raise ConfigError(key, value, f"must be <= {_MAXIMUM[short]}")
+    if bounds is not None:
+        bounds.check(key, value)
     return value
 
 
@@ -391,7 +397,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(prefix, data, "must be a table")
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}"
@@ -401,12 +408,25 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, full)
         else:
-            kwargs[key] = _check_value(full, hint, value)
+            kwargs[key] = _check_value(full, hint, value, fields[key].metadata.get("bounds"))
     return cls(**kwargs)
 
 
+def _power_config(table: Any) -> PowerConfig:
+    """The ``[power]`` section, typed; its errors become ConfigError naming the key and value.
+
+    Imported here, not at the top: importing edged.config must not load the power
+    layer (docs/architecture.md).
+    """
+    from edged.power.config import PowerConfig, PowerConfigError
+
+    try:
+        return PowerConfig.from_dict(table)
+    except PowerConfigError as exc:
+        raise ConfigError(exc.key, exc.value, exc.reason) from None
+
+
 def _validate(config: Config) -> None:
-    from edged.power.config import PowerConfig, PowerConfigError  # deferred: power is optional to load
     from edged.runtime.preprocess import ALLOWED_IMAGE_FORMATS  # deferred: numpy
 
     formats = [f.upper() for f in config.server.image_formats]
@@ -414,7 +434,6 @@ def _validate(config: Config) -> None:
         raise ConfigError("server.image_formats", config.server.image_formats,
                           f"each must be one of {', '.join(ALLOWED_IMAGE_FORMATS)}")
     config.server.image_formats = formats
-
     _load_security(config)
     curve = config.curve is not None
     for key, endpoint in (("server.endpoint", config.endpoint), ("server.control_endpoint", config.control_endpoint)):
@@ -437,10 +456,6 @@ def _validate(config: Config) -> None:
     if server.max_queued_per_client > server.queue_size:
         raise ConfigError("server.max_queued_per_client", server.max_queued_per_client,
                           f"must be <= server.queue_size ({server.queue_size})")
-    for key in ("predict_socket_mode", "control_socket_mode"):
-        mode = getattr(config.server, key)
-        if not 0 <= mode <= 0o777:
-            raise ConfigError(f"server.{key}", mode, "must be a permission mode between 0o000 and 0o777")
     for name, over in config.repository.models.items():
         prefix = f"repository.models.{name}"
         if not isinstance(over, dict):
@@ -454,10 +469,6 @@ def _validate(config: Config) -> None:
                 raise ConfigError(f"{prefix}.{key}", value, "unknown key (known: activation, keep_previous, probation)")
     _validate_frigate(config)
     _validate_update(config.update)
-    try:
-        PowerConfig.from_dict(config.power)
-    except PowerConfigError as exc:
-        raise ConfigError(exc.key, exc.value, exc.reason) from None
 
 
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # named like a model
@@ -465,8 +476,6 @@ _WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
 
 def _validate_update(u: UpdateConfig) -> None:
-    if not 0 <= u.jitter < 1:
-        raise ConfigError("update.jitter", u.jitter, "must be a fraction 0 <= jitter < 1")
     for key in ("url", "targets_url"):
         value = getattr(u, key)
         if value and not value.startswith(("http://", "https://")):
@@ -525,12 +534,6 @@ _ANY_ADDRESS = ("", "*", "0.0.0.0", "::", "0")
 
 def _validate_frigate(config: Config) -> None:
     f = config.frigate
-    if not 0.0 <= f.min_score <= 1.0:
-        raise ConfigError("frigate.min_score", f.min_score, "must be between 0 and 1")
-    if f.budget_ms > 10_000:
-        raise ConfigError("frigate.budget_ms", f.budget_ms, "must be <= 10000 (Frigate waits 200 ms)")
-    if not 0 <= f.socket_mode <= 0o777:
-        raise ConfigError("frigate.socket_mode", f.socket_mode, "must be a permission mode between 0o000 and 0o777")
     ep = f.endpoint
     if not ep:
         return
@@ -636,7 +639,7 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
         repository=_build(RepositoryConfig, data.get("repository", {}), "repository"),
         update=_build(UpdateConfig, data.get("update", {}), "update"),
         health=_build(HealthConfig, data.get("health", {}), "health"),
-        power=data.get("power", {}),
+        power=_power_config(data.get("power", {})),
         frigate=_build(FrigateConfig, data.get("frigate", {}), "frigate"),
         security=_build(SecurityConfig, data.get("security", {}), "security"),
         source=source,

@@ -49,17 +49,16 @@ class ProfileChange:
 
 
 class PowerController:
-    def __init__(self, raw_config: dict[str, Any], clock: Clock, *, workers: int, queue_size: int) -> None:
+    def __init__(self, config: PowerConfig, clock: Clock, *, workers: int, queue_size: int) -> None:
         self.clock = clock
         self.workers = workers
         self.queue_size = queue_size
         #: The profile to start in, for the daemon to apply once it has what it applies it to.
-        self.initial = self.configure(raw_config, first=True)
+        self.initial = self.configure(config, first=True)
 
-    def configure(self, raw_config: dict[str, Any], first: bool = False, *,
+    def configure(self, cfg: PowerConfig, first: bool = False, *,
                   queue_size: int | None = None) -> ProfileChange | None:
-        """(Re)build source, policy and governor from a validated ``[power]`` table; returns the profile to apply."""
-        cfg = PowerConfig.from_dict(raw_config)
+        """(Re)build source, policy and governor from the ``[power]`` section; returns the profile to apply."""
         if queue_size is not None:
             self.queue_size = queue_size
         self.config = cfg

@@ -134,7 +134,7 @@ def test_set_overrides_any_key_including_nested_tables(tmp_path):
     cfg = config.load(write(tmp_path, "[repository.probation]\nrequests = 7\n"), over)
     assert cfg.server.queue_size == 128 and cfg.runtime.delegate == "cpu"
     assert cfg.repository.probation.seconds == 5.0 and cfg.repository.probation.requests == 7
-    assert cfg.power["source"] == "file" and cfg.power["file"] == "/tmp/ups.json"
+    assert cfg.power.source == "file" and cfg.power.file == "/tmp/ups.json"  # [power] parsed once, typed
     with pytest.raises(ConfigError, match="section.key=value"):
         config.parse_assignment("workers")
     with pytest.raises(ConfigError, match="server.queue_size"):

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # types only: the server layer's neighbours, never imported a
     from edged.config import Config
     from edged.repository.manager import ModelManager
     from edged.states import DaemonState
+    from edged.update.service import UpdateService
 
 
 @dataclass
@@ -40,10 +41,14 @@ class DaemonAPI(Protocol):
 
     state: DaemonState
     config: Config
-    models: ModelManager  # versions, swap requests, pins (set once startup() ran)
+    models: ModelManager  # versions, swap requests, pins, feedback (set once startup() ran)
+    updater: UpdateService | None  # remote updates; None unless [update] url is set
 
     def reply(self, req: Request, header: dict[str, Any], arrays: list[Any] | None = None) -> None:
         """Answer ``req`` now, from the main thread."""
+
+    def post(self, req: Request, header: dict[str, Any], arrays: list[Any] = ...) -> None:
+        """Answer ``req`` later, from any thread (the main loop sends it)."""
 
     def health(self) -> dict[str, Any]: ...
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from edged.errors import RequestError
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames, optional_str
 
 NAME = "feedback"
@@ -49,7 +50,7 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
         raise RequestError("'correct' must be true or false")
 
 
-def execute(daemon: Any, req: Any) -> dict[str, Any]:
+def execute(daemon: DaemonAPI, req: Request) -> dict[str, Any]:
     h = req.header
     result = daemon.models.feedback(h["request_id"], model=h.get("model"), label=h.get("label"),
                                     correct=h.get("correct"))

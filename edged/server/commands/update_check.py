@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from edged.errors import RequestError
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames
 from edged.server.commands.update_status import updater
 
@@ -28,7 +29,7 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
     no_frames(frames)
 
 
-def execute(daemon: Any, req: Any) -> dict[str, Any] | None:
+def execute(daemon: DaemonAPI, req: Request) -> dict[str, Any] | None:
     service = updater(daemon)
     if not req.header.get("wait", True):
         service.check_now()

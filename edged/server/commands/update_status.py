@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from edged.errors import ErrorCode, RequestError
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames
 
 NAME = "update-status"
@@ -26,7 +27,7 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
     no_frames(frames)
 
 
-def updater(daemon: Any) -> Any:
+def updater(daemon: DaemonAPI) -> Any:
     """The daemon's update service; raises ``INVALID_STATE`` when updates are not configured."""
     if daemon.updater is None:
         raise RequestError("remote updates are off: set [update] url and root (docs/updates.md)",
@@ -34,5 +35,5 @@ def updater(daemon: Any) -> Any:
     return daemon.updater
 
 
-def execute(daemon: Any, req: Any) -> dict[str, Any]:
+def execute(daemon: DaemonAPI, req: Request) -> dict[str, Any]:
     return updater(daemon).status()

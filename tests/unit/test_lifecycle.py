@@ -42,6 +42,6 @@ def test_a_startup_that_fails_late_releases_everything_it_took(repo, sockdir):
             d.run()  # models loaded, sockets bound, then the metrics port is taken
     finally:
         busy.close()
-    assert sorted(p.name for p in sockdir.iterdir()) == []  # no socket file of a daemon that never ran
+    assert not list(sockdir.glob("*.sock"))  # no socket file of a daemon that never ran (lock files stay)
     assert d.ctx is not None and d.ctx.closed
     assert d.state is DaemonState.STOPPED

@@ -97,7 +97,7 @@ class ProbationTracker:
         p95 = float(np.percentile(np.asarray(self.latencies), 95)) if self.latencies else None
         return {
             "requests": n, "requests_needed": p.requests,
-            "seconds": round(now - self.started, 1), "seconds_needed": p.seconds,
+            "seconds": round(now - self.started, 1), "seconds_needed": p.seconds, "max_seconds": p.max_seconds,
             "error_rate": round(self.errors / n, 4) if n else None, "max_error_rate": p.max_error_rate,
             "nonfinite_rate": round(self.nonfinite / self.judged, 4) if self.judged else None,
             "max_nonfinite_rate": p.max_nonfinite_rate,

@@ -102,8 +102,8 @@ def test_json_mode_prints_errors_as_json_with_the_documented_exit_status(daemon,
     failed(daemon.cli("ctl", "pin", "../x", "--json"), 3, "BAD_REQUEST")
     failed(daemon.cli("predict", "--json", str(tmp_path / "missing.npy")), 3, "BAD_REQUEST")
     failed(daemon.cli("info", "--json", "--model", "nope"), 4, "UNKNOWN_MODEL")
-    failed(daemon.cli("health", "--json", "--endpoint", "ipc:///tmp/edged-nobody-here.sock", "--timeout", "0.5"),
-           8, "NOT_RUNNING")
+    nobody = daemon.endpoint.rsplit("/", 1)[0] + "/nobody-here.sock"  # a safe directory, nobody listening
+    failed(daemon.cli("health", "--json", "--endpoint", nobody, "--timeout", "0.5"), 8, "NOT_RUNNING")
 
 
 def test_extend_timeout_is_sent_while_models_load_and_when_a_long_drain_starts(daemon_factory, repo, sockdir,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # types only: the server layer's neighbours, never imported at run time from here
     from edged.config import Config
     from edged.repository.manager import ModelManager
+    from edged.server.frigate import FrigateEndpoint
     from edged.states import DaemonState
     from edged.update.service import UpdateService
 
@@ -43,6 +44,7 @@ class DaemonAPI(Protocol):
     config: Config
     models: ModelManager  # versions, swap requests, pins, feedback (set once startup() ran)
     updater: UpdateService | None  # remote updates; None unless [update] url is set
+    frigate: FrigateEndpoint | None  # Frigate's detector socket; None unless [frigate] endpoint is set
 
     def reply(self, req: Request, header: dict[str, Any], arrays: list[Any] | None = None) -> None:
         """Answer ``req`` now, from the main thread."""

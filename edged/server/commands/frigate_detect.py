@@ -20,6 +20,7 @@ from typing import Any
 
 from edged import protocol
 from edged.errors import ErrorCode, RequestError
+from edged.server.api import DaemonAPI, Request
 
 NAME = "frigate_detect"
 ENDPOINTS = frozenset({"frigate"})
@@ -38,6 +39,6 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
         raise RequestError(f"shape {shape!r} is not a list of 1..8 positive ints", code=ErrorCode.BAD_SHAPE)
 
 
-def execute(daemon: Any, req: Any) -> None:
+def execute(daemon: DaemonAPI, req: Request) -> None:
     daemon.frigate.detect(req)
     return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edged.server.api import DaemonAPI, Request
 from edged.server.commands._checks import no_frames
 
 NAME = "frigate_model"
@@ -26,5 +27,5 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
     no_frames(frames)
 
 
-def execute(daemon: Any, req: Any) -> dict[str, Any]:
+def execute(daemon: DaemonAPI, req: Request) -> dict[str, Any]:
     return {"frigate": daemon.frigate.model_status(req.header.get("model_name"))}

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from edged.errors import RequestError
+from edged.server.api import DaemonAPI, Request
 
 NAME = "frigate_push"
 ENDPOINTS = frozenset({"frigate"})
@@ -28,6 +29,6 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
         raise RequestError(f"model_data takes one frame with the model file, got {len(frames)}")
 
 
-def execute(daemon: Any, req: Any) -> None:
+def execute(daemon: DaemonAPI, req: Request) -> None:
     daemon.frigate.push(req)
     return None

@@ -156,16 +156,27 @@ def test_typed_errors_in_the_client(daemon, repo):
 
 
 def sigterm_with_requests_queued(daemon, x: np.ndarray, n: int) -> list[dict]:
-    """Pipeline ``n`` predicts, SIGTERM once the first is answered, collect every reply; the daemon exits 0."""
+    """Pipeline ``n`` predicts, SIGTERM once the daemon has read them all, collect every reply; it exits 0.
+
+    A ``health`` request sent after the predicts on the same connection marks the end:
+    the main loop reads one connection's messages in order and answers ``health``
+    itself, so its reply proves every predict before it is inside the daemon (queued,
+    running or answered), whatever the machine's load.
+    """
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(daemon.endpoint)
     header = {"v": 1, "op": "predict", "inputs": [protocol.tensor_meta(x)]}
     for i in range(n):
         sock.send_multipart([json.dumps({**header, "id": i}).encode(), x.tobytes()])
-    # Wait for the first answer, so the requests are certainly in the daemon, then stop it.
-    assert sock.poll(30_000)
-    replies = [json.loads(sock.recv_multipart()[0])]
+    sock.send_multipart([json.dumps({"v": 1, "op": "health", "id": "marker"}).encode()])
+    replies = []
+    while True:
+        assert sock.poll(30_000), "no reply within 30 s"
+        reply = json.loads(sock.recv_multipart()[0])
+        if reply["id"] == "marker":
+            break
+        replies.append(reply)
     daemon.send_signal(signal.SIGTERM)
     while len(replies) < n and sock.poll(30_000):
         replies.append(json.loads(sock.recv_multipart()[0]))
@@ -187,7 +198,8 @@ def test_requests_not_started_when_the_grace_period_ends_are_answered_shutting_d
     from tests.e2e.repohelpers import publish
 
     repo = tmp_path / "slow-repo"
-    publish(repo, "v1", tb.slow_model(size=64, depth=4), tmp=tmp_path)
+    # ~40-100 ms per invoke: 20 of them cannot all finish between the marker's reply and SIGTERM.
+    publish(repo, "v1", tb.slow_model(size=256, depth=16), tmp=tmp_path)
     d = daemon_factory(repo, "--workers", "1", "--set", "server.grace_period_s=0")
     n = 20
     replies = sigterm_with_requests_queued(d, np.zeros((1, 8, 8, 1), np.float32), n)

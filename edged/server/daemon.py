@@ -340,6 +340,9 @@ class Daemon:
             poller.register(self.frigate.sock, zmq.POLLIN)
             socks.append(("frigate", self.frigate.sock))
         tick = self.config.server.tick_s
+        # A drain ends only after a poll that found nothing to read: a request already
+        # on its way when the stop began is answered, not dropped with the socket.
+        quiet = False
         while True:
             now = self.clock.monotonic()
             self.last_loop = now
@@ -361,7 +364,7 @@ class Daemon:
                 if self.models.rescan_at is not None:
                     timeout = min(timeout, max(0.0, self.models.rescan_at - now))
             if self.state is DaemonState.DRAINING:
-                if self.scheduler.idle():
+                if self.scheduler.idle() and quiet:
                     break
                 if self._drain_deadline is not None and now >= self._drain_deadline:
                     log.warning("grace period over with %d requests unfinished", self.scheduler.depth() + self.scheduler.active)
@@ -373,6 +376,7 @@ class Daemon:
                 if exc.errno != zmq.EINTR:
                     raise
                 events = {}
+            quiet = not any(sock in events for _, sock in socks)
             if self._wake_r.fileno() in events:
                 try:
                     while self._wake_r.recv(512):
@@ -390,6 +394,7 @@ class Daemon:
                         log.exception("reload failed; the running config stays")
                 else:
                     self.request_stop(cmd.split(":", 1)[1])
+                    quiet = False  # poll once more in the drain before ending it
             self._flush_outbox()
             self._send_events()
             for endpoint, sock in socks:

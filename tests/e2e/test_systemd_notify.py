@@ -160,7 +160,9 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck(daemon_factory, fake_system
     from tests.e2e.repohelpers import publish, wait_until
 
     repo = tmp_path / "repo"
-    publish(repo, "v1", tb.slow_model(size=256, depth=128), tmp=tmp_path, golden=False)  # ~2 s per invoke
+    # ~1.2 s per invoke even on the solo interpreter with both cores of a quiet machine (256 wide
+    # was ~0.3 s there: too short for a stuck window of stuck_invoke_s + 3 ping intervals).
+    publish(repo, "v1", tb.slow_model(size=512, depth=128), tmp=tmp_path, golden=False)
     cfg = tmp_path / "edged.toml"
     cfg.write_text("[server]\nworkers = 1\nstuck_invoke_s = 0.2\n")
     watchdog_usec = 200_000

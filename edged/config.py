@@ -137,6 +137,9 @@ class ServerConfig:
     image_formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG"])
     #: Longest a single invoke() may run before the daemon calls itself unhealthy.
     stuck_invoke_s: float = setting(30.0, gt=0, le=86400)
+    #: A request that would run alone runs on the main loop itself, with no hand-off to
+    #: a worker, while its model's last invoke() took at most this long (0 = never).
+    inline_max_ms: float = setting(20.0, ge=0, le=1000)
     socket_group: str = ""
     predict_socket_mode: int = setting(0o660, **_MODE)
     control_socket_mode: int = setting(0o600, **_MODE)

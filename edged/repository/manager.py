@@ -187,6 +187,9 @@ class ModelManager:
         self.root = config.models_path
         self.variant = "full"
         self.num_threads: int | None = None  # power profile override of runtime.num_threads
+        #: True while the swap thread validates, loads or switches a version: the validation
+        #: child and the interpreter builds take a core, so no request runs solo meanwhile.
+        self.changing = False
         self.updates_allowed = True
         self.emit = emit or (lambda event: None)
         self.slots: dict[str, ModelSlot] = {}
@@ -224,7 +227,19 @@ class ModelManager:
         warm-ups are spaced :data:`LOAD_PAUSE_S` apart (see :meth:`LoadedModel.load`).
         """
         pause = (lambda: self.clock.sleep(LOAD_PAUSE_S)) if live else None
-        return LoadedModel.load(self.spec_for(name, version, variant=variant), pause)
+        # Live: the solo interpreter comes after the switch (_settle), so a swap never
+        # holds two versions' solo interpreters at once.
+        return LoadedModel.load(self.spec_for(name, version, variant=variant), pause, with_solo=not live)
+
+    def _settle(self, serving: LoadedModel, kept: LoadedModel | None = None) -> None:
+        """After a switch: the version kept for rollback gives up its solo interpreter, then the serving one gets its own.
+
+        Lone requests run on the pool until it is built (milliseconds).  Runs on the
+        swap thread, after the old version's last reference here is gone.
+        """
+        if kept is not None:
+            kept.drop_solo()
+        serving.add_solo(lambda: self.clock.sleep(LOAD_PAUSE_S))
 
     def start(self, before_load: Callable[[str], Any] | None = None) -> None:
         """Serve every model in the repository, then start the swap thread.
@@ -517,6 +532,7 @@ class ModelManager:
                 return
             result: dict[str, Any] | None = None
             error: BaseException | None = None
+            self.changing = True
             try:
                 if op.kind == "swap":
                     result = self._swap(op)
@@ -529,6 +545,7 @@ class ModelManager:
                 if not isinstance(exc, EdgedError):
                     log.exception("%s %s failed", op.kind, op.model)
             finally:
+                self.changing = False
                 slot = self.slots.get(op.model)
                 if slot is not None and op.kind == "swap" and slot.pending == op.version:
                     slot.pending = None
@@ -612,6 +629,9 @@ class ModelManager:
         log.info("%s: swapped %s -> %s (%s; validated in %.0f ms); %s", name, event["previous"], version, op.reason,
                  validate_s * 1000, "the committed version, no probation" if proven else "on probation")
         self.emit(event)
+        kept = slot.previous
+        del previous
+        self._settle(new, kept)
         return {**event, "changed": True, **self._held_reply(name)}
 
     def _hold(self, name: str, reason: str) -> None:
@@ -679,6 +699,7 @@ class ModelManager:
         event = {"event": "rollback", "model": name, "version": target, "from": bad_version, "reason": why}
         self.emit(event)
         del old
+        self._settle(new)
         if new.spec.variant != self.variant:
             self._ops.put(_Op("variant", name, reason="power"))
         return event
@@ -704,6 +725,8 @@ class ModelManager:
                  "file": new.model_file.name}
         log.info("%s/%s: now serving the %s variant (%s)", name, cur.version, self.variant, new.model_file.name)
         self.emit(event)
+        del cur
+        self._settle(new)
         return event
 
     def _can_keep(self, model: LoadedModel | None) -> bool:

@@ -123,9 +123,10 @@ class LoadedModel:
         for interp in interpreters:
             self._pool.put(interp)
         self.pool_size = len(interpreters)
+        self._plan = plan
         self._solo = solo
         self._solo_lock = threading.Lock()
-        #: Threads of the solo interpreter, 0 when there is none.
+        #: Threads of the solo interpreter, 0 when there is none (yet, or any more).
         self.solo_threads = spec.solo_threads if solo is not None else 0
         self.preprocessing = Preprocessing.from_manifest(spec.preprocessing)
         self.labels = spec.labels
@@ -135,8 +136,11 @@ class LoadedModel:
     # -- loading -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, spec: LoadSpec, pause: Callable[[], None] | None = None) -> LoadedModel:
+    def load(cls, spec: LoadSpec, pause: Callable[[], None] | None = None, *, with_solo: bool = True) -> LoadedModel:
         """Build, allocate and warm ``spec.workers`` interpreters.
+
+        ``with_solo=False`` leaves the solo interpreter for :meth:`add_solo`, so a
+        swap holds two versions' pools, not two pools and two solo interpreters.
 
         ``pause``, when given, is called between one interpreter's build or warm-up
         and the next.  A swap under load passes a short sleep: ``allocate_tensors()``
@@ -165,7 +169,7 @@ class LoadedModel:
                         pause()
                     interpreters.append(cls._build(spec, plan, content))
                 solo = None
-                if cls.wants_solo(spec, plan):
+                if with_solo and cls.wants_solo(spec, plan):
                     if pause is not None:
                         pause()
                     solo = cls._build(spec, plan, content, spec.solo_threads)
@@ -217,6 +221,36 @@ class LoadedModel:
         finally:
             for interp in held:
                 self._pool.put(interp)
+
+    def add_solo(self, pause: Callable[[], None] | None = None) -> bool:
+        """Build and warm the solo interpreter if the spec wants one and there is none; True if built.
+
+        Called by the swap thread once the version serves: lone requests run on the
+        pool meanwhile.  A failure is logged, and the version serves without one.
+        """
+        if self._solo is not None or not self.wants_solo(self.spec, self._plan):
+            return False
+        if pause is not None:
+            pause()
+        try:
+            solo = self._build(self.spec, self._plan, self._content, self.spec.solo_threads)
+            for spec, arr in zip(self.inputs, (np.zeros(t.shape, t.dtype) for t in self.inputs)):
+                solo.set_tensor(spec.index, arr)
+            solo.invoke()
+        except Exception as exc:  # noqa: BLE001 - the pool serves on; the solo interpreter is an extra
+            log.warning("%s/%s: no solo interpreter (%s); lone requests run on one interpreter thread",
+                        self.name, self.version, exc)
+            return False
+        with self._solo_lock:
+            self._solo = solo
+            self.solo_threads = self.spec.solo_threads
+        return True
+
+    def drop_solo(self) -> None:
+        """Release the solo interpreter (a version kept only for rollback); a request using it finishes first."""
+        with self._solo_lock:
+            self._solo = None
+            self.solo_threads = 0
 
     def p95_invoke_us(self) -> float | None:
         """p95 of the recent invoke() times (the probation baseline), or None before any."""
@@ -280,7 +314,12 @@ class LoadedModel:
         for: a request that races another for it runs on the pool at once.
         """
         solo = alone and self._solo is not None and self._solo_lock.acquire(blocking=False)
-        interp = self._solo if solo else self._pool.get()
+        interp = self._solo if solo else None
+        if interp is None:  # not alone, busy, or dropped between the check and the lock
+            if solo:
+                self._solo_lock.release()
+                solo = False
+            interp = self._pool.get()
         try:
             for spec, arr in zip(self.inputs, inputs):
                 interp.set_tensor(spec.index, arr)
@@ -297,7 +336,7 @@ class LoadedModel:
             else:
                 self._pool.put(interp)
         self.recent_invoke_us.append(int(invoke_us))
-        return RunResult(outputs, int(invoke_us), cpu_s, self.solo_threads if solo else self.spec.num_threads)
+        return RunResult(outputs, int(invoke_us), cpu_s, self.spec.solo_threads if solo else self.spec.num_threads)
 
     def scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray | None:
         """The first output as a classifier's dequantized float64 scores, or None if it is not one."""

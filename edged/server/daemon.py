@@ -77,7 +77,7 @@ class Job:
 #: set up once; the ZeroMQ message-size cap is a socket option taken at bind).
 _LIVE_SERVER_KEYS = frozenset({"log_level", "grace_period_s", "queue_size", "max_queued_per_client",
                                "max_header_bytes", "max_image_bytes", "max_image_pixels", "image_formats",
-                               "stuck_invoke_s"})
+                               "stuck_invoke_s", "inline_max_ms"})
 
 #: Sockets that are CURVE servers on tcp:// when [security] has a key (not Frigate's: it cannot do CURVE).
 _CURVE_SOCKETS = frozenset({"predict", "control", "events"})
@@ -119,6 +119,7 @@ class Daemon:
         self._timers: list[_Timer] = []
         self.workers: WorkerPool | None = None
         self.busy_since: dict[int, float | None] = {}
+        self.inline_runs = 0  # requests the main loop ran itself (see _may_run_inline)
         self._stop_reason = ""
         self._drain_deadline: float | None = None
         self._ipc_files: list[Path] = []
@@ -688,7 +689,7 @@ class Daemon:
 
     # -- predict -----------------------------------------------------------------------------
 
-    def submit_predict(self, req: Request) -> Job:
+    def submit_predict(self, req: Request, *, inline: bool = False) -> Job:
         h = req.header
         model = self.models.get(h.get("model"))
         priority = h.get("priority", "normal")
@@ -706,6 +707,9 @@ class Daemon:
         deadline = req.received + h["deadline_ms"] / 1000.0 if h.get("deadline_ms") is not None else None
         req.extra["model"] = model
         job = Job(req, model, deadline, int(h.get("top_k", 0)), priority, wait)
+        if inline and self._may_run_inline(job):
+            self._run_inline(job)
+            return job
         try:
             evicted = self.scheduler.submit(job, priority, client=client,
                                             capacity=self.power.governor.queue_allowance(priority))
@@ -730,29 +734,70 @@ class Daemon:
             if not _answer_is_mine(job):
                 self.scheduler.done()  # already answered by the main loop (past its budget)
                 continue
-            began = self.clock.monotonic()
-            service_s: float | None = None
-            try:
-                header, arrays = self._process(worker_id, job)
-                service_s = self.clock.monotonic() - began
-            except Exception as exc:
-                header, arrays = error_reply(job.req.id, job.req.op, exc), []
-                # Say which version refused or failed it, as a success reply would.
-                header.update(model=job.model.name, version=job.model.version, delegate=job.model.delegate,
-                              profile=self.profile)
-                code = header["error"]["code"]
-                if code == ErrorCode.DEADLINE_EXCEEDED.value:
-                    self.stats.shed(job.model.name, job.model.version)
-                else:
-                    self.stats.observe(job.model.name, job.model.version, error=code)
-                if not isinstance(exc, (RequestError, RetryableError)):
-                    self.models.record(job.model, False, None, None)  # the model failed, not the request
-            finally:
-                self.busy_since[worker_id] = None
-                self.scheduler.done(service_s)
+            header, arrays = self._run_job(worker_id, job)
             self.post(job.req, header, arrays)
 
-    def _process(self, worker_id: int, job: Job) -> tuple[dict[str, Any], list[Any]]:
+    def _run_job(self, worker_id: int, job: Job,
+                 defer: list[Callable[[], None]] | None = None) -> tuple[dict[str, Any], list[Any]]:
+        """Run one taken job as ``worker_id``: its reply (a result or an error), and ``scheduler.done()``."""
+        began = self.clock.monotonic()
+        service_s: float | None = None
+        try:
+            header, arrays = self._process(worker_id, job, defer)
+            service_s = self.clock.monotonic() - began
+        except Exception as exc:
+            header, arrays = error_reply(job.req.id, job.req.op, exc), []
+            # Say which version refused or failed it, as a success reply would.
+            header.update(model=job.model.name, version=job.model.version, delegate=job.model.delegate,
+                          profile=self.profile)
+            code = header["error"]["code"]
+            if code == ErrorCode.DEADLINE_EXCEEDED.value:
+                self.stats.shed(job.model.name, job.model.version)
+            else:
+                self.stats.observe(job.model.name, job.model.version, error=code)
+            if not isinstance(exc, (RequestError, RetryableError)):
+                self.models.record(job.model, False, None, None)  # the model failed, not the request
+        finally:
+            self.busy_since[worker_id] = None
+            self.scheduler.done(service_s)
+        return header, arrays
+
+    def _may_run_inline(self, job: Job) -> bool:
+        """Whether the main loop may run ``job`` itself, with no hand-off to a worker.
+
+        The two thread hand-offs (main loop → worker → main loop) cost a lone
+        request about as much as the rest of the daemon's work on it.  So a request
+        that would run solo anyway runs right here: nothing else taken, queued or
+        waiting on the socket (requests that pile up go to the workers and run side
+        by side), a quick model (its last ``invoke()`` within
+        ``server.inline_max_ms``, so control requests and timers wait at most that
+        long), and no power pacing that could make the main loop sleep.
+        """
+        limit_us = self.config.server.inline_max_ms * 1000
+        recent = job.model.recent_invoke_us
+        return (limit_us > 0 and job.req.endpoint == "predict" and not job.wait and bool(recent)
+                and recent[-1] <= limit_us and self._may_run_solo(job.model) and self.scheduler.idle()
+                and not self.predict_sock.get(zmq.EVENTS) & zmq.POLLIN
+                and self.power.governor.wait_before_invoke(0) == 0.0)
+
+    def _run_inline(self, job: Job) -> None:
+        """Run ``job`` on this (main) thread as worker 0, which is idle; reply before the bookkeeping."""
+        self.scheduler.take_inline()
+        self.inline_runs += 1
+        after: list[Callable[[], None]] = []
+        header, arrays = self._run_job(0, job, after)
+        self.reply(job.req, header, arrays)
+        for fn in after:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - the reply is sent; a second one must not follow
+                log.exception("bookkeeping after request %r failed", job.req.id)
+
+    def _process(self, worker_id: int, job: Job,
+                 defer: list[Callable[[], None]] | None = None) -> tuple[dict[str, Any], list[Any]]:
+        """Run ``job``: its reply header and outputs.  The bookkeeping (health, probation,
+        statistics) runs before returning, or is appended to ``defer`` for the caller to
+        run once the reply is sent."""
         req, model = job.req, job.model
         start = self.clock.monotonic()
         if job.deadline is not None and start >= job.deadline:  # deadline_ms=0: due on receipt
@@ -780,7 +825,6 @@ class Daemon:
         # A daemon-unique id an application quotes in a later ``feedback`` (clients' own
         # ids may collide across clients); itertools.count's next() is atomic under the GIL.
         request_id = f"{self._request_prefix}-{next(self._request_seq)}"
-        self.models.record(model, True, result.outputs, result.invoke_us, inputs=ordered, request_id=request_id)
         outputs = [protocol.as_wire_array(o) for o in result.outputs]
         header: dict[str, Any] = {
             "request_id": request_id,
@@ -794,7 +838,16 @@ class Daemon:
         done = self.clock.monotonic()
         header["timing"] = {"queue_us": int((start - req.received) * 1e6), "invoke_us": result.invoke_us,
                             "total_us": int((done - req.received) * 1e6)}
-        self.stats.observe(model.name, model.version, latency_us=header["timing"]["total_us"], cpu_s=result.cpu_s)
+
+        def book() -> None:  # health, probation and statistics
+            self.models.record(model, True, result.outputs, result.invoke_us, inputs=ordered, request_id=request_id)
+            self.stats.observe(model.name, model.version, latency_us=header["timing"]["total_us"],
+                               cpu_s=result.cpu_s)
+
+        if defer is None:
+            book()
+        else:
+            defer.append(book)
         return header, outputs
 
     def _may_run_solo(self, model: Any) -> bool:
@@ -803,10 +856,13 @@ class Daemon:
         Only when nothing else runs or waits: asked right before invoke(), so a request
         that arrived meanwhile sends this one to the pool.  A power profile's
         ``num_threads`` below the solo thread count forbids it at once, before the
-        next load rebuilds the interpreters within the cap.
+        next load rebuilds the interpreters within the cap.  Nor while a swap is under
+        way: its validation child and interpreter builds take a core, and an intra-op
+        thread that loses its core holds up the whole invoke().
         """
         cap = self.models.num_threads
-        return model.solo_threads > 0 and (cap is None or cap >= model.solo_threads) and self.scheduler.alone()
+        return (model.solo_threads > 0 and (cap is None or cap >= model.solo_threads) and not self.models.changing
+                and self.scheduler.alone())
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -820,6 +876,7 @@ class Daemon:
         cfg, chosen = self.config, self.config.parallelism
         return {"workers": cfg.server.workers, "num_threads": cfg.runtime.num_threads,
                 "solo_threads": cfg.runtime.solo_threads if cfg.runtime.solo_threads > cfg.runtime.num_threads > 0 else 0,
+                "inline_max_ms": cfg.server.inline_max_ms, "inline_runs": self.inline_runs,
                 "cores": chosen.get("cores"), "memory_mb": chosen.get("memory_mb"), "chosen": chosen.get("chosen", {})}
 
     def longest_invoke(self) -> float:
@@ -953,6 +1010,8 @@ def describe_parallelism(p: dict[str, Any]) -> str:
     threads = "runtime's choice of" if p["num_threads"] == 0 else str(p["num_threads"])
     solo = (f"a request running alone gets {p['solo_threads']} threads" if p["solo_threads"]
             else "no solo interpreter")
+    if p["solo_threads"] and p.get("inline_max_ms"):
+        solo += f", on the main loop while its model's invoke() takes at most {p['inline_max_ms']:g} ms"
     how = ", ".join(f"{k} {v}" for k, v in p.get("chosen", {}).items())
     machine = f"{p['cores']} cores" + (f", {p['memory_mb']} MB" if p.get("memory_mb") else "") if p.get("cores") else ""
     return f"{p['workers']} workers x {threads} thread(s); {solo}" + (f" ({how}; machine: {machine})" if how else "")

@@ -177,6 +177,11 @@ class Scheduler:
             if self.max_active is not None and self._queued:
                 self._cond.notify_all()
 
+    def take_inline(self) -> None:
+        """Count a job the caller runs itself, without queueing it; end it with :meth:`done`."""
+        with self._cond:
+            self.active += 1
+
     def alone(self) -> bool:
         """True while at most one job is taken and none waits: that one may use every core."""
         with self._cond:

@@ -33,3 +33,29 @@ def test_a_lone_request_runs_solo_until_a_profile_caps_the_threads(daemon_factor
         assert c.predict(DARK).header["threads"] == 1
         assert d.cli("ctl", "power", "--auto").returncode == 0
         assert c.predict(DARK).header["threads"] == 2
+
+
+def test_a_lone_request_on_a_quick_model_runs_on_the_main_loop_unless_turned_off(daemon_factory, tmp_path):
+    repo = tmp_path / "repo"
+    publish(repo, "v1", tb.random_classifier(seed=1), tmp=tmp_path)
+    d = daemon_factory(repo, "--workers", "2", "--set", "runtime.solo_threads=2")
+    with d.client() as c:
+        first = c.predict(DARK)  # no invoke measured yet: a worker runs it
+        rest = [c.predict(DARK) for _ in range(5)]
+    # A few microseconds per invoke: every later lone request ran on the main loop,
+    # solo, and gave the same answer as the worker did.
+    par = json.loads(d.cli("ctl", "status", "--json").stdout)["parallelism"]
+    assert (par["inline_max_ms"], par["inline_runs"]) == (20.0, 5)
+    assert all(r.header["threads"] == 2 and (r.outputs[0] == first.outputs[0]).all() for r in rest)
+    assert "on the main loop if invoke <= 20 ms: 5 so far" in d.cli("ctl", "status").stdout
+    # Deadlines and feedback work the same on that path.
+    with d.client() as c:
+        with pytest.raises(Exception, match="deadline"):
+            c.predict(DARK, deadline_ms=0)
+        assert c.feedback(c.predict(DARK), correct=True)["ok"]
+
+    assert d.stop() == 0
+    off = daemon_factory(repo, "--workers", "2", "--set", "runtime.solo_threads=2", "--set", "server.inline_max_ms=0")
+    with off.client() as c:
+        assert {c.predict(DARK).header["threads"] for _ in range(4)} == {2}  # still solo, on a worker
+    assert json.loads(off.cli("ctl", "status", "--json").stdout)["parallelism"]["inline_runs"] == 0

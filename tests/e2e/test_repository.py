@@ -349,14 +349,18 @@ def test_unsettled_hand_made_version_is_reported_incomplete_and_never_loaded(dae
 def test_keep_previous_keeps_the_old_version_loaded_for_rollback(daemon_factory, mrepo, tmp_path):
     cfg = config(tmp_path)
     cfg.write_text(cfg.read_text().replace("[repository]\n", "[repository]\nkeep_previous = true\n"))
-    d = daemon_factory(mrepo, "--config", str(cfg))
+    d = daemon_factory(mrepo, "--config", str(cfg), "--workers", "2", "--set", "runtime.solo_threads=2")
     publish(mrepo, "v2", tb.random_classifier(seed=2), tmp=tmp_path)
     with d.client() as c:
-        wait_until(lambda: c.predict(DARK).version == "v2", "v2 to serve", daemon=d)
+        # The new version gets its solo interpreter right after the switch (the kept one gives its up).
+        wait_until(lambda: (lambda r: (r.version, r.header["threads"]))(c.predict(DARK)) == ("v2", 2),
+                   "v2 to serve, solo", daemon=d)
         assert state_of(d, "v1")["state"] == "previous"
         r = d.cli("ctl", "rollback", "--json")
         assert r.returncode == 0, r.stderr
-        assert c.predict(DARK).version == "v1"
+        # The rollback's reply comes once v1 serves with a solo interpreter again.
+        back = c.predict(DARK)
+        assert (back.version, back.header["threads"]) == ("v1", 2)
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "ctl quit"])

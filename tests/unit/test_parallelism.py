@@ -69,6 +69,18 @@ def test_alone_means_one_job_taken_and_none_waiting():
     assert s.alone()
 
 
+def test_a_job_run_inline_counts_as_taken_until_done():
+    s = Scheduler(queue_size=10, workers=2)
+    s.take_inline()
+    assert (s.active, s.idle(), s.alone()) == (1, False, True)
+    s.submit("b")
+    assert not s.alone()  # a request queued behind it goes to a worker, not solo
+    assert s.get(1) == "b"
+    s.done(0.001)
+    s.done(0.001)
+    assert s.idle() and s.service_s < 0.05
+
+
 def version(tmp_path: Path) -> Path:
     d = tmp_path / "m" / "v1"
     d.mkdir(parents=True)
@@ -84,6 +96,22 @@ def test_solo_interpreter_runs_a_request_alone_and_gives_the_same_answer(backend
     assert (pooled.threads, solo.threads, m.solo_threads, m.pool_size) == (1, 2, 2, 2)
     np.testing.assert_allclose(solo.outputs[0], pooled.outputs[0], rtol=1e-5, atol=1e-6)
     assert m.describe()["solo_threads"] == 2
+
+
+@pytest.mark.runtime
+def test_a_live_load_adds_the_solo_interpreter_after_and_a_kept_version_drops_it(backend, tmp_path):
+    spec = LoadSpec("m", "v1", version(tmp_path), backend, workers=2, num_threads=1, solo_threads=2)
+    m = LoadedModel.load(spec, with_solo=False)  # a swap: two pools at once, never two solo interpreters
+    x = np.ones((1, 8, 8, 1), np.float32)
+    assert (m.solo_threads, m.run([x], alone=True).threads) == (0, 1)
+    pauses = []
+    assert m.add_solo(lambda: pauses.append(1)) and pauses == [1]
+    assert (m.solo_threads, m.run([x], alone=True).threads) == (2, 2)
+    assert not m.add_solo()  # already there
+    m.drop_solo()  # kept for rollback only
+    assert (m.solo_threads, m.run([x], alone=True).threads, m.describe()["solo_threads"]) == (0, 1, 0)
+    one = LoadedModel.load(LoadSpec("m", "v1", spec.path, backend, num_threads=2, solo_threads=2), with_solo=False)
+    assert not one.add_solo() and one.solo_threads == 0  # not wanted: no more threads than the pool's
 
 
 @pytest.mark.runtime
@@ -129,3 +157,25 @@ def test_a_cgroup_v1_quota_rounds_up_and_no_limit_means_the_board(tmp_path):
     root, proc = cgroup(tmp_path / "none", "0::/\n", {"cpu.max": "max 100000\n", "memory.max": "max\n"})
     assert config._cgroup_limits(root, proc) == (None, None)
     assert config._cgroup_limits(tmp_path / "missing", tmp_path / "missing") == (None, None)
+
+
+def test_no_request_runs_solo_while_a_swap_validates_or_loads(tmp_path):
+    from types import SimpleNamespace
+
+    from edged import config as config_mod
+    from edged.seams import FakeClock
+    from edged.server.daemon import Daemon
+
+    d = Daemon(config_mod.load(None, {"repository.path": str(tmp_path)}), clock=FakeClock())
+    try:
+        model = SimpleNamespace(solo_threads=2)
+        d.models = SimpleNamespace(num_threads=None, changing=False)  # the repository manager's two fields
+        assert d._may_run_solo(model)
+        d.models.changing = True  # the swap thread's validation child and builds hold a core
+        assert not d._may_run_solo(model)
+        d.models.changing = False
+        d.models.num_threads = 1  # a power profile's cap
+        assert not d._may_run_solo(model)
+    finally:
+        d.models = None
+        d.close(graceful=False)

@@ -12,7 +12,11 @@ on the same model and the same input tensor:
 2. a bare pyzmq ROUTER echo server (subprocess) over ipc: the transport floor;
 3. ``edged serve`` over ipc and loopback TCP: sequential p50/p99 and
    throughput at concurrency 1, 2, 4 (one client *process* per concurrent
-   request, so the client side has no GIL);
+   request, so the client side has no GIL), beside the floor servers: one
+   single-threaded server with the solo thread count (latency), and one
+   1-thread server per worker with the clients spread over them (the served
+   floor for throughput: what any server gets here with its clients on the
+   same cores);
 4. daemon RSS after load versus a bare process that imports numpy, pyzmq and
    the runtime and loads the same model into as many interpreters;
 5. time from process start to the first ``health`` reply, and the daemon's own
@@ -554,11 +558,16 @@ def latency_rounds(by_threads: dict[int, Any], endpoints: dict[str, str], rounds
     return out
 
 
-def throughput(endpoint: str, env: dict[str, str], concurrency: int, duration_s: float) -> dict[str, Any]:
-    """``concurrency`` client processes, each a closed loop, all inside the same time window."""
+def throughput(endpoint: str | list[str], env: dict[str, str], concurrency: int, duration_s: float) -> dict[str, Any]:
+    """``concurrency`` client processes, each a closed loop, all inside the same time window.
+
+    ``endpoint`` may be a list: client *i* then talks to ``endpoint[i % len]`` (the
+    served floor: one single-threaded server per core).
+    """
+    eps = [endpoint] if isinstance(endpoint, str) else endpoint
     start_at = time.monotonic() + 2.0 + 0.3 * concurrency  # room for the clients' imports
-    procs = [spawn_role("client", {"endpoint": endpoint, "start_at": start_at, "duration_s": duration_s}, env,
-                        stdout=subprocess.PIPE) for _ in range(concurrency)]
+    procs = [spawn_role("client", {"endpoint": eps[i % len(eps)], "start_at": start_at, "duration_s": duration_s},
+                        env, stdout=subprocess.PIPE) for i in range(concurrency)]
     results = []
     for p in procs:
         out, _ = p.communicate(timeout=duration_s + 60)
@@ -810,6 +819,14 @@ def build_checks(r: dict[str, Any]) -> list[dict[str, Any]]:
     med = float(np.median(ratios))
     add("throughput c=4 ipc / in-process, window pairs side by side", f"median {100 * med:.1f}% "
         f"{[round(100 * x, 1) for x in ratios]}", "≥ 90%", med >= 0.9)
+    if "served_floor" in r:
+        fr = [p["floor_ratio"] for p in ipc["c4_pairs"]]
+        add("  floor: served floor c=4 / in-process, same rounds", f"median {100 * float(np.median(fr)):.1f}% "
+            f"{[round(100 * x, 1) for x in fr]}", "(what any server gets)", None)
+        eo = [p["edged_over_floor"] for p in ipc["c4_pairs"]]
+        med = float(np.median(eo))
+        add("throughput c=4 ipc / served floor, same rounds", f"median {100 * med:.1f}% "
+            f"{[round(100 * x, 1) for x in eo]}", "≥ 90% (of the floor)", med >= 0.9)
     idle = r["idle_cpu"]
     add(f"idle CPU over {idle['seconds']:.0f} s", f"{idle['pct_core']:.3f}% of a core ({idle['cpu_s'] * 1000:.1f} ms, "
         f"{idle['method']})", "≤ 0.1%", idle["pct_core"] <= 0.1)
@@ -888,6 +905,10 @@ def print_report(r: dict[str, Any]) -> None:
     lines += ["", f"{'throughput (req/s)':44} {'c=1':>9} {'c=2':>9} {'c=4':>9}",
               f"{'in-process, ' + str(ip['throughput_threads']) + ' threads × own 1-thread interp.':44} "
               f"{'':9} {ip['throughput_rps']:9.1f}   best of windows {ip['throughput_windows_rps']}"]
+    if "served_floor" in r:
+        t = {x["concurrency"]: x for x in r["served_floor"]["throughput"]}
+        lines.append(f"{'served floor: ' + str(r['served_floor']['servers']) + ' × 1-thread floor servers':44} "
+                     + " ".join(f"{t[c]['rps']:9.1f}" for c in (1, 2, 4)))
     for label in ("ipc", "tcp"):
         t = {x["concurrency"]: x for x in r[f"edged_{label}"]["throughput"]}
         lines.append(f"{'edged ' + label + ' (client processes)':44} " + " ".join(
@@ -1088,12 +1109,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"edged over ipc: throughput, concurrency {c}")
             ipc["throughput"].append(throughput(ipc_ep, env, c, tput_s))
         more_inprocess_windows(result["inprocess"], workers, tput_s)
-        log(f"c=4 side by side: {rounds} pairs of in-process and edged ipc windows")
-        pairs = []
-        for _ in range(rounds):
-            inproc = inprocess_throughput(result["inprocess"]["_model"], workers, tput_s)
-            served = throughput(ipc_ep, env, 4, tput_s)["rps"]
-            pairs.append({"inprocess_rps": inproc, "edged_ipc_c4_rps": served, "ratio": round(served / inproc, 3)})
+        # The served floor for throughput: what the best possible server gets here, with
+        # the client processes on the same cores.  One single-threaded floor server per
+        # worker, each with a 1-thread interpreter (no GIL, no queue, no hand-off); the
+        # clients are spread over them.
+        pool_eps = [f"ipc://{workdir}/floor1-{i}.sock" for i in range(workers)]
+        pool = [spawn_role("floor", {"endpoint": ep, "model": str(vdir / "model.tflite"), "runtime": args.runtime,
+                                     "threads": 1}, env, stdout=subprocess.PIPE) for ep in pool_eps]
+        try:
+            for f in pool:
+                assert f.stdout is not None
+                if f.stdout.readline().strip() != b"ready":
+                    raise RuntimeError("a floor server did not start")
+            served_floor = []
+            for c in (1, 2, 4):
+                log(f"served floor ({workers} × 1-thread floor servers): throughput, concurrency {c}")
+                served_floor.append(throughput(pool_eps, env, c, tput_s))
+            result["served_floor"] = {"servers": workers, "throughput": served_floor}
+            log(f"c=4 side by side: {rounds} rounds of in-process, served floor and edged ipc windows")
+            pairs = []
+            for _ in range(rounds):
+                inproc = inprocess_throughput(result["inprocess"]["_model"], workers, tput_s)
+                fl_rps = throughput(pool_eps, env, 4, tput_s)["rps"]
+                served = throughput(ipc_ep, env, 4, tput_s)["rps"]
+                pairs.append({"inprocess_rps": inproc, "served_floor_c4_rps": fl_rps, "edged_ipc_c4_rps": served,
+                              "ratio": round(served / inproc, 3), "floor_ratio": round(fl_rps / inproc, 3),
+                              "edged_over_floor": round(served / fl_rps, 3)})
+        finally:
+            for f in pool:
+                f.kill()
+                f.wait(10)
         ipc["c4_pairs"] = pairs
         del result["inprocess"]["_model"]  # release the interpreters before the swap test
         result["edged_ipc"] = ipc

@@ -187,9 +187,6 @@ class ModelManager:
         self.root = config.models_path
         self.variant = "full"
         self.num_threads: int | None = None  # power profile override of runtime.num_threads
-        #: True while the swap thread validates, loads or switches a version: the validation
-        #: child and the interpreter builds take a core, so no request runs solo meanwhile.
-        self.changing = False
         self.updates_allowed = True
         self.emit = emit or (lambda event: None)
         self.slots: dict[str, ModelSlot] = {}
@@ -532,7 +529,6 @@ class ModelManager:
                 return
             result: dict[str, Any] | None = None
             error: BaseException | None = None
-            self.changing = True
             try:
                 if op.kind == "swap":
                     result = self._swap(op)
@@ -545,7 +541,6 @@ class ModelManager:
                 if not isinstance(exc, EdgedError):
                     log.exception("%s %s failed", op.kind, op.model)
             finally:
-                self.changing = False
                 slot = self.slots.get(op.model)
                 if slot is not None and op.kind == "swap" and slot.pending == op.version:
                     slot.pending = None

@@ -856,13 +856,10 @@ class Daemon:
         Only when nothing else runs or waits: asked right before invoke(), so a request
         that arrived meanwhile sends this one to the pool.  A power profile's
         ``num_threads`` below the solo thread count forbids it at once, before the
-        next load rebuilds the interpreters within the cap.  Nor while a swap is under
-        way: its validation child and interpreter builds take a core, and an intra-op
-        thread that loses its core holds up the whole invoke().
+        next load rebuilds the interpreters within the cap.
         """
         cap = self.models.num_threads
-        return (model.solo_threads > 0 and (cap is None or cap >= model.solo_threads) and not self.models.changing
-                and self.scheduler.alone())
+        return model.solo_threads > 0 and (cap is None or cap >= model.solo_threads) and self.scheduler.alone()
 
     # -- queries -----------------------------------------------------------------------------
 

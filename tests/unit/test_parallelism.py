@@ -158,24 +158,3 @@ def test_a_cgroup_v1_quota_rounds_up_and_no_limit_means_the_board(tmp_path):
     assert config._cgroup_limits(root, proc) == (None, None)
     assert config._cgroup_limits(tmp_path / "missing", tmp_path / "missing") == (None, None)
 
-
-def test_no_request_runs_solo_while_a_swap_validates_or_loads(tmp_path):
-    from types import SimpleNamespace
-
-    from edged import config as config_mod
-    from edged.seams import FakeClock
-    from edged.server.daemon import Daemon
-
-    d = Daemon(config_mod.load(None, {"repository.path": str(tmp_path)}), clock=FakeClock())
-    try:
-        model = SimpleNamespace(solo_threads=2)
-        d.models = SimpleNamespace(num_threads=None, changing=False)  # the repository manager's two fields
-        assert d._may_run_solo(model)
-        d.models.changing = True  # the swap thread's validation child and builds hold a core
-        assert not d._may_run_solo(model)
-        d.models.changing = False
-        d.models.num_threads = 1  # a power profile's cap
-        assert not d._may_run_solo(model)
-    finally:
-        d.models = None
-        d.close(graceful=False)

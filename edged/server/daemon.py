@@ -771,12 +771,15 @@ class Daemon:
         waiting on the socket (requests that pile up go to the workers and run side
         by side), a quick model (its last ``invoke()`` within
         ``server.inline_max_ms``, so control requests and timers wait at most that
-        long), and no power pacing that could make the main loop sleep.
+        long), tensors only (an image's decoding time is the client's to choose, up
+        to ``max_image_pixels``), and no power pacing that could make the main loop sleep.
         """
         limit_us = self.config.server.inline_max_ms * 1000
         recent = job.model.recent_invoke_us
         return (limit_us > 0 and job.req.endpoint == "predict" and not job.wait and bool(recent)
-                and recent[-1] <= limit_us and self._may_run_solo(job.model) and self.scheduler.idle()
+                and recent[-1] <= limit_us
+                and not any(meta.get("encoding") == "image" for meta in job.req.header["inputs"])
+                and self._may_run_solo(job.model) and self.scheduler.idle()
                 and not self.predict_sock.get(zmq.EVENTS) & zmq.POLLIN
                 and self.power.governor.wait_before_invoke(0) == 0.0)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from PIL import Image
 
 from edged.testing import tflite_build as tb
 from tests.e2e.repohelpers import publish
@@ -48,6 +50,12 @@ def test_a_lone_request_on_a_quick_model_runs_on_the_main_loop_unless_turned_off
     assert (par["inline_max_ms"], par["inline_runs"]) == (20.0, 5)
     assert all(r.header["threads"] == 2 and (r.outputs[0] == first.outputs[0]).all() for r in rest)
     assert "on the main loop if invoke <= 20 ms: 5 so far" in d.cli("ctl", "status").stdout
+    # An image's decoding time is the client's to choose: it always goes to a worker.
+    buf = io.BytesIO()
+    Image.new("L", (4096, 4096), 200).save(buf, format="PNG")
+    with d.client() as c:
+        assert c.predict_image(buf.getvalue()).header["threads"] == 2  # alone, on a worker
+    assert json.loads(d.cli("ctl", "status", "--json").stdout)["parallelism"]["inline_runs"] == 5
     # Deadlines and feedback work the same on that path.
     with d.client() as c:
         with pytest.raises(Exception, match="deadline"):

@@ -89,6 +89,21 @@ def _load_npy(path: Path, rel: str) -> np.ndarray:
         raise ModelError(f"{rel}: not a readable .npy file ({exc})", code=ErrorCode.VALIDATION_FAILED) from None
 
 
+#: Largest golden image validation reads (the daemon's default ``server.max_image_bytes``).
+GOLDEN_IMAGE_MAX_BYTES = 16 * 1024 * 1024
+
+
+def read_golden_image(path: Path, rel: str) -> bytes:
+    """A golden image: a regular file of the version (edged.fsafe: no link, no FIFO), at most 16 MiB."""
+    try:
+        return fsafe.read_bytes(path, rel, max_bytes=GOLDEN_IMAGE_MAX_BYTES)
+    except FileNotFoundError:
+        raise ModelError(f"{rel}: golden image missing", code=ErrorCode.VALIDATION_FAILED) from None
+    except OSError as exc:
+        raise ModelError(f"{rel}: golden image not readable ({exc.strerror or exc})",
+                         code=ErrorCode.VALIDATION_FAILED) from None
+
+
 def check_min_runtime(manifest: dict[str, Any] | None, backend_name: str, backend_version: str) -> None:
     """Refuse a version whose manifest needs a newer runtime than the one loaded.
 
@@ -155,7 +170,7 @@ def run_checks(path: Path, runtime: str = "auto", delegate: str = "auto") -> dic
             samples += 1
     images = (manifest or {}).get("golden_images") or []
     for i, g in enumerate(images):
-        top1, score = image_top1(model, (path / g["file"]).read_bytes())
+        top1, score = image_top1(model, read_golden_image(path, g["file"]))
         if top1 != g["top1"] or abs(score - g["score"]) > float(g.get("atol", GOLDEN_IMAGE_ATOL)):
             raise ModelError(f"golden image {g['file']} answers {_class_text(model, top1)} {score:.3f}, the manifest "
                              f"expects {_class_text(model, g['top1'])} {g['score']:.3f} (atol "

@@ -21,7 +21,7 @@ import numpy as np
 
 from edged.errors import ErrorCode, ModelError, RequestError
 from edged.repository import layout
-from edged.repository.check import GOLDEN_IMAGE_ATOL, check_lite, contract_text, image_top1
+from edged.repository.check import GOLDEN_IMAGE_ATOL, check_lite, contract_text, image_top1, read_golden_image
 from edged.repository.manifest import (
     Manifest, ManifestError, contract_from_details, file_entry, load_manifest, write_manifest,
 )
@@ -177,7 +177,7 @@ def _golden_images(staging: Path, name: str, version: str, backend: Any, preproc
         todo.append((Path(src).read_bytes(), Path(src).suffix.lower() or ".img", expected, str(src)))
     for g in inherited:
         assert base is not None
-        data = (staging.parent / base[0] / g["file"]).read_bytes()
+        data = read_golden_image(staging.parent / base[0], g["file"])
         todo.append((data, Path(g["file"]).suffix or ".img", g.get("label") or str(g["top1"]),
                      f"{g['file']} (inherited from {base[0]}; --golden-image replaces, --no-inherit drops them)"))
     out = []

@@ -352,3 +352,14 @@ def test_repacking_keeps_preprocessing_and_golden_images_catch_a_wrong_one(daemo
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["compared_with"] in ("v1", "v2") and any(s.startswith("preprocessing:") for s in out["differences"])
+    # A golden image is read like every other file of a version: a link is refused, never followed,
+    # even when a hand-edited manifest leaves it out of the hashed "files".
+    rel = v2["golden_images"][0]["file"]
+    m = json.loads((repo / "digits/v2/manifest.json").read_text())
+    m["preprocessing"] = v2["preprocessing"]
+    del m["files"][rel]
+    (repo / "digits/v2/manifest.json").write_text(json.dumps(m))
+    (repo / "digits/v2" / rel).unlink()
+    (repo / "digits/v2" / rel).symlink_to(png)
+    r = edged("validate", str(repo / "digits/v2"))
+    assert r.returncode == 6 and "golden/image0.png: is a symlink" in r.stderr, r.stderr

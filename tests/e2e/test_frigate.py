@@ -156,7 +156,7 @@ def test_wrong_shape_dtype_and_unknown_model_type_are_answered_and_logged_once(d
             assert not client.detect_raw(np.zeros((1, 300, 300, 3), np.uint8)).any()
             assert not client.detect_raw(np.zeros((1, SIZE, SIZE, 3), np.float32)).any()
         assert client.detect_raw(good).any(), "a good frame after bad ones is served"
-        client.timeouts = 0
+        assert client.model_ready and client.timeouts == 0, client.errors
     with FrigateZmqClient(endpoint, "/config/model.tflite", model_type="yolox") as client:
         for _ in range(3):
             assert not client.detect_raw(good).any()

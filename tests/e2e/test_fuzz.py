@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from typing import Any
 
 import numpy as np
@@ -224,8 +225,9 @@ def test_a_frame_over_the_guard_is_dropped_and_the_daemon_serves_on(daemon_facto
     for endpoint in (d.endpoint, d.control_endpoint):
         r = subprocess.run([sys.executable, "-c", _OVERSIZED_SENDER, endpoint, layout, str(GUARD)],
                            capture_output=True, text=True, timeout=60)
-        # The documented drop: no reply (the sender itself may die of the libzmq abort).
-        assert "reply" not in r.stdout, r
+        # The documented drop: no reply, or the sender itself died of the libzmq abort;
+        # anything else (an import error, a failed connect) means nothing was sent.
+        assert r.stdout.strip() == "dropped" or r.returncode == -signal.SIGABRT, r
     assert d.proc.poll() is None, d.log()
     with d.client() as c:
         assert c.predict(np.zeros((1, 8, 8, 1), np.float32)).outputs[0].shape == (1, 10)

@@ -8,6 +8,7 @@ import json
 import pytest
 from PIL import Image
 
+from edged.errors import DeadlineExceeded
 from edged.testing import tflite_build as tb
 from tests.e2e.repohelpers import publish
 from tests.e2e.test_repository import DARK
@@ -58,7 +59,7 @@ def test_a_lone_request_on_a_quick_model_runs_on_the_main_loop_unless_turned_off
     assert json.loads(d.cli("ctl", "status", "--json").stdout)["parallelism"]["inline_runs"] == 5
     # Deadlines and feedback work the same on that path.
     with d.client() as c:
-        with pytest.raises(Exception, match="deadline"):
+        with pytest.raises(DeadlineExceeded):
             c.predict(DARK, deadline_ms=0)
         assert c.feedback(c.predict(DARK), correct=True)["ok"]
 

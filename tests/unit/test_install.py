@@ -118,13 +118,15 @@ def test_install_seeds_versions_only_never_development_state(tmp_path: Path, see
     (seed / "digits" / "v2" / "model.tflite").write_bytes(b"half")
     (seed / "digits" / ".v3.staging").mkdir()
     git = shutil.which("git")
-    if git is not None:  # a checkout: a version packed locally (untracked) stays on the developer's machine
-        (seed / "digits" / "v4").mkdir()
-        (seed / "digits" / "v4" / "manifest.json").write_text("{}")
-        genv = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                "GIT_COMMITTER_EMAIL": "t@t"}
-        subprocess.run([git, "init", "-q", str(seed)], check=True, env=genv)
-        subprocess.run([git, "-C", str(seed), "add", "digits/v1"], check=True, env=genv)
+    if git is None:
+        pytest.skip("git not installed: the untracked-version rule of install.sh needs a checkout")
+    # A checkout: a version packed locally (untracked) stays on the developer's machine.
+    (seed / "digits" / "v4").mkdir()
+    (seed / "digits" / "v4" / "manifest.json").write_text("{}")
+    genv = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run([git, "init", "-q", str(seed)], check=True, env=genv)
+    subprocess.run([git, "-C", str(seed), "add", "digits/v1"], check=True, env=genv)
     dest = tmp_path / "root"
     _run(INSTALL, dest, env={"EDGED_SKIP_PIP": "1", "EDGED_SEED_MODELS": str(seed)})
     models = dest / "var/lib/edged/models"

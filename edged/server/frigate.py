@@ -77,6 +77,8 @@ class FrigateEndpoint:
         self._calls: deque[Callable[[], None]] = deque()
         self._logged: set[str] = set()
         self._log_lock = threading.Lock()
+        #: A pushed model is being stored or validated: one at a time (each copies the model).
+        self._pushing = False
 
     # -- reading --------------------------------------------------------------------------
 
@@ -236,6 +238,11 @@ class FrigateEndpoint:
                           "is false): install it with 'edged pack'", req.header.get("model_name"))
             self.daemon.reply(req, {"frigate": {"model_saved": False, "model_loaded": False}})
             return
+        if self._pushing:
+            self.log_once("push-busy", logging.WARNING, "Frigate pushed model %r while an earlier push is being "
+                          "validated; refused", _short(req.header.get("model_name")))
+            self.daemon.reply(req, {"frigate": {"model_saved": False, "model_loaded": False}})
+            return
         name = self.config.model or None
         if name is None:
             names = sorted(self.daemon.models.slots)
@@ -244,6 +251,7 @@ class FrigateEndpoint:
             name = names[0]
         data = bytes(req.frames[0].buffer)
         root, backend = self.daemon.models.root, self.daemon.backend.name
+        self._pushing = True
         threading.Thread(target=self._store, args=(req, name, data, root, backend), name="edged-frigate-push",
                          daemon=True).start()
 
@@ -261,6 +269,7 @@ class FrigateEndpoint:
                      created_by={"command": "frigate model_data", "seed": 0})
         except Exception as exc:  # noqa: BLE001 - any failure is a refused push, reported to Frigate
             log.error("Frigate's pushed model refused: %s", getattr(exc, "message", exc))
+            self._pushing = False
             self.daemon.post(req, {"frigate": {"model_saved": False, "model_loaded": False}})
             return
         log.info("Frigate's pushed model stored as %s/%s; validating", name, version)
@@ -268,13 +277,14 @@ class FrigateEndpoint:
         def swapped(result: dict[str, Any] | None, error: BaseException | None) -> None:
             if error is not None:
                 log.error("Frigate's pushed model %s/%s refused: %s", name, version, getattr(error, "message", error))
+            self._pushing = False
             self.daemon.post(req, {"frigate": {"model_saved": True, "model_loaded": error is None}})
 
-        def swap() -> None:
+        def swap() -> None:  # on the main loop (expire): nothing may escape it
             try:
                 self.daemon.models.scan()
                 self.daemon.models.request("swap", name, version, reason="frigate push", done=swapped)
-            except EdgedError as exc:
+            except Exception as exc:  # noqa: BLE001 - answered as a refused push
                 swapped(None, exc)
 
         self.call_soon(swap)

@@ -89,3 +89,24 @@ def test_log_once_per_key_and_bounded(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "problem " + "x" * 200 + "..."
     assert len(lines) == 257 and "no more are logged" in lines[-1]  # 256 problems, then one notice
+
+
+def test_a_dtype_that_is_not_a_string_is_a_bad_request_not_a_traceback():
+    from edged.errors import ErrorCode, RequestError
+    from edged.server.commands import frigate_detect
+
+    for dtype in (["uint8"], {"a": 1}, 7, None):
+        with pytest.raises(RequestError) as err:
+            frigate_detect.validate({"dtype": dtype, "shape": [1, 8, 8, 3]}, [b"x"])
+        assert err.value.code is ErrorCode.BAD_DTYPE
+
+
+def test_a_second_push_while_one_is_being_validated_is_refused_at_once():
+    from edged.server.commands import frigate_push
+
+    daemon = FakeDaemon()
+    ep = FrigateEndpoint(daemon, FrigateConfig(accept_pushed_models=True))
+    ep._pushing = True  # the first push's thread is storing or validating it
+    ep.push(Request("frigate", [b"peer", b""], {"op": "frigate_push", "model_name": "m"}, [b"TFL3"], 0.0))
+    assert daemon.replies[-1][1] == {"frigate": {"model_saved": False, "model_loaded": False}}
+    assert frigate_push.CHANGES_VERSIONS  # and refused while the daemon drains, like swap

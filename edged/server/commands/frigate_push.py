@@ -22,6 +22,7 @@ from edged.server.api import DaemonAPI, Request
 
 NAME = "frigate_push"
 ENDPOINTS = frozenset({"frigate"})
+CHANGES_VERSIONS = True  # refused while the daemon drains, like swap
 
 
 def validate(header: dict[str, Any], frames: list[Any]) -> None:

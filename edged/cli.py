@@ -436,6 +436,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------
 
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="On-device TFLite inference daemon.")
     p.add_argument("--version", action="version", version=f"edged {__version__}")
@@ -582,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--auto", action="store_true", help="return to the policy")
     ev = ctl_opts(ctl.add_parser("events", help="print events (swap, commit, rollback, profile ...) as they happen"))
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing until interrupted (default: one event)")
-    ev.add_argument("--count", type=int, default=None, help="stop after this many events")
+    ev.add_argument("--count", type=_positive_int, default=None, help="stop after this many events (at least 1)")
     ev.add_argument("--events-endpoint", default=None,
                     help="default $EDGED_EVENTS_ENDPOINT or events.sock beside the control socket")
     for name, helptext in (("rollback", "go back to the previous good version"),

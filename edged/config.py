@@ -158,7 +158,7 @@ class RuntimeConfig:
     num_threads: int = setting(1, ge=0, le=64)
     #: Threads of one more interpreter per model, used by a request that runs alone
     #: (nothing queued, no other worker busy); 0 = auto (the usable cores), 1 = none.
-    solo_threads: int = setting(0, ge=0)
+    solo_threads: int = setting(0, ge=0, le=64)
 
 
 @dataclass

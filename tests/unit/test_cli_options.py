@@ -28,3 +28,12 @@ def test_ctl_defaults_apply_when_no_option_is_given(monkeypatch):
 def test_an_option_after_the_subcommand_wins_over_the_same_one_before():
     args = build_parser().parse_args(["ctl", "--timeout", "1", "status", "--timeout", "2"])
     assert args.timeout == 2.0
+
+
+@pytest.mark.parametrize("count", ["0", "-3", "x"])
+def test_ctl_events_count_must_be_a_positive_whole_number(count, capsys):
+    # 0 used to mean "not given" (one event, or for ever with --follow).
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["ctl", "events", "--count", count])
+    assert exit_.value.code == 2 and "--count" in capsys.readouterr().err
+    assert build_parser().parse_args(["ctl", "events", "--count", "2"]).count == 2

@@ -58,6 +58,7 @@ def test_file_then_overrides(tmp_path):
         ('[frigate]\nendpoint = "udp://x"\n', "frigate.endpoint", "udp://x"),
         ('[frigate]\nmodle = "x"\n', "frigate.modle", "x"),
         ('[server]\nworkers = 100000\n', "server.workers", "<= 64"),
+        ('[runtime]\nsolo_threads = 100000\n', "runtime.solo_threads", "<= 64"),
         ('[server]\nqueue_size = 1e9\n', "server.queue_size", "integer"),
         ('[server]\nqueue_size = 1000000000\n', "server.queue_size", "<= 65536"),
         ('[server]\nmax_message_bytes = 4611686018427387904\n', "server.max_message_bytes", "<= 1073741824"),

@@ -51,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,24 @@ def role_floor(args: dict[str, Any]) -> int:
                  "outputs": [{"dtype": y.dtype.name, "shape": list(y.shape)}]}
         sock.send_multipart([frames[0], json.dumps(reply, separators=(",", ":")).encode(), y], copy=False)
     return 0
+
+
+@contextlib.contextmanager
+def floor_servers(endpoints: Sequence[str], threads: int, model: Path, runtime: str,
+                  env: dict[str, str]) -> Iterator[None]:
+    """One floor server (``role_floor``) per endpoint, each with ``threads`` interpreter threads; killed on exit."""
+    procs = [spawn_role("floor", {"endpoint": ep, "model": str(model), "runtime": runtime, "threads": threads},
+                        env, stdout=subprocess.PIPE) for ep in endpoints]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != b"ready":
+                raise RuntimeError("a floor server did not start")
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
 
 
 def role_client(args: dict[str, Any]) -> int:
@@ -484,70 +502,55 @@ class Series:
         return out
 
 
-def client_round(client: Any, n: int, series: Series, limit_s: float = 60.0) -> None:
-    """``n`` sequential predicts through ``edged.client`` (after 10 to re-warm the path)."""
-    x = bench_input()
-    for _ in range(10):
-        client.predict(x)
-    lat = []
-    limit = time.monotonic() + limit_s
-    for _ in range(n):
-        t0 = time.perf_counter()
-        r = client.predict(x)
-        lat.append(time.perf_counter() - t0)
-        if r.timing:  # a daemon: its own split of the time, and the threads that ran it
-            series.daemon["total"].append(r.timing["total_us"] / 1e6)
-            series.daemon["invoke"].append(r.timing["invoke_us"] / 1e6)
-            series.daemon["queue"].append(r.timing["queue_us"] / 1e6)
-            t = int(r.header.get("threads", 0))
-            series.threads[t] = series.threads.get(t, 0) + 1
-        if time.monotonic() > limit:
-            break
-    series.add_round(lat)
-
-
-def inprocess_round(model: Any, n: int, series: Series, limit_s: float = 60.0) -> None:
-    """``n`` in-process ``LoadedModel.run()`` calls (set + invoke + get), after 10 to warm."""
-    x = bench_input()
-    for _ in range(10):
-        model.run([x])
-    lat = []
-    limit = time.monotonic() + limit_s
-    for _ in range(n):
-        t0 = time.perf_counter()
-        model.run([x])
-        lat.append(time.perf_counter() - t0)
-        if time.monotonic() > limit:
-            break
-    series.add_round(lat)
-
-
-def latency_rounds(by_threads: dict[int, Any], endpoints: dict[str, str], rounds: int, n: int) -> dict[str, Any]:
+def latency_rounds(by_threads: dict[int, Any], endpoints: dict[str, str], rounds: int, n: int,
+                   limit_s: float = 120.0) -> dict[str, Any]:
     """Side by side on a shared box: every path measured in each of ``rounds`` rounds.
 
-    A round runs in-process at each thread count, then each endpoint (floor and
-    daemon, ipc and TCP), ``n`` sequential requests each; every other round runs the
-    paths in reverse order, so a slow patch of the box does not always fall on the
-    same path.  Figures are pooled over the rounds; each round's p50 is kept so the
-    ratios can be judged round by round too.
+    The paths are in-process at each thread count (``LoadedModel.run()``: set +
+    invoke + get) and each endpoint (floor and daemon, ipc and TCP) through
+    ``edged.client``.  Within a round they take turns request by request: step *j*
+    sends one request down every path, starting at path ``j mod paths``.  A slow
+    patch of this shared box (another tenant, a frequency change) then falls on
+    every path alike, where blocks of requests per path let it fall on one: the
+    c=1 verdicts compare p50s a few hundred µs apart, less than such a patch moves
+    a block's p50.  Figures are pooled over the rounds; each round's p50 is kept so
+    the ratios can be judged round by round too.
     """
     from edged.client import Client
 
-    paths: list[tuple[str, Any]] = [(f"inprocess_t{t}", m) for t, m in sorted(by_threads.items())]
-    paths += [(label, Client(ep, timeout=10.0)) for label, ep in endpoints.items()]
-    series = {label: Series() for label, _ in paths}
+    x = bench_input()
+    paths: list[tuple[str, Any, bool]] = [(f"inprocess_t{t}", m, False) for t, m in sorted(by_threads.items())]
+    paths += [(label, Client(ep, timeout=10.0), True) for label, ep in endpoints.items()]
+    series = {label: Series() for label, _, _ in paths}
     load: list[float] = []
     try:
-        for i in range(rounds):
+        for _ in range(rounds):
             load.append(round(os.getloadavg()[0], 2))
-            for label, obj in (paths if i % 2 == 0 else paths[::-1]):
-                if label.startswith("inprocess"):
-                    inprocess_round(obj, n, series[label])
-                else:
-                    client_round(obj, n, series[label])
+            for _label, obj, served in paths:  # re-warm each path
+                for _ in range(10):
+                    obj.predict(x) if served else obj.run([x])
+            lat: dict[str, list[float]] = {label: [] for label, _, _ in paths}
+            limit = time.monotonic() + limit_s
+            for j in range(n):
+                k = j % len(paths)
+                for label, obj, served in paths[k:] + paths[:k]:
+                    t0 = time.perf_counter()
+                    r = obj.predict(x) if served else obj.run([x])
+                    lat[label].append(time.perf_counter() - t0)
+                    if served and r.timing:  # a daemon: its own split of the time, and the threads that ran it
+                        s = series[label]
+                        s.daemon["total"].append(r.timing["total_us"] / 1e6)
+                        s.daemon["invoke"].append(r.timing["invoke_us"] / 1e6)
+                        s.daemon["queue"].append(r.timing["queue_us"] / 1e6)
+                        t = int(r.header.get("threads", 0))
+                        s.threads[t] = s.threads.get(t, 0) + 1
+                if time.monotonic() > limit:
+                    break
+            for label, samples in lat.items():
+                series[label].add_round(samples)
     finally:
-        for label, obj in paths:
-            if not label.startswith("inprocess"):
+        for _label, obj, served in paths:
+            if served:
                 obj.close()
     out: dict[str, Any] = {"rounds": rounds, "n_per_round": n, "loadavg_per_round": load,
                            "inprocess": {str(t): series[f"inprocess_t{t}"].summary()["client"]
@@ -1075,22 +1078,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           args.workers, env, "tcp")
         floor_threads = solo if solo > 1 else 1
         floor_eps = {"floor_ipc": f"ipc://{workdir}/floor.sock", "floor_tcp": f"tcp://127.0.0.1:{free_port()}"}
-        floors = [spawn_role("floor", {"endpoint": ep, "model": str(vdir / "model.tflite"), "runtime": args.runtime,
-                                       "threads": floor_threads}, env, stdout=subprocess.PIPE)
-                  for ep in floor_eps.values()]
-        try:
-            for f in floors:
-                assert f.stdout is not None
-                if f.stdout.readline().strip() != b"ready":
-                    raise RuntimeError("the floor server did not start")
+        with floor_servers(list(floor_eps.values()), floor_threads, vdir / "model.tflite", args.runtime, env):
             log(f"latency: {rounds} rounds of in-process 1..{cores} threads, floor and edged over ipc and tcp")
             lat = latency_rounds(by_threads, {"floor_ipc": floor_eps["floor_ipc"], "edged_ipc": ipc_ep,
                                               "floor_tcp": floor_eps["floor_tcp"], "edged_tcp": tcp_ep},
                                  rounds, n_round)
-        finally:
-            for f in floors:
-                f.kill()
-                f.wait(10)
         lat["floor_threads"] = floor_threads
         result["latency"] = lat
         del by_threads
@@ -1114,13 +1106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # worker, each with a 1-thread interpreter (no GIL, no queue, no hand-off); the
         # clients are spread over them.
         pool_eps = [f"ipc://{workdir}/floor1-{i}.sock" for i in range(workers)]
-        pool = [spawn_role("floor", {"endpoint": ep, "model": str(vdir / "model.tflite"), "runtime": args.runtime,
-                                     "threads": 1}, env, stdout=subprocess.PIPE) for ep in pool_eps]
-        try:
-            for f in pool:
-                assert f.stdout is not None
-                if f.stdout.readline().strip() != b"ready":
-                    raise RuntimeError("a floor server did not start")
+        with floor_servers(pool_eps, 1, vdir / "model.tflite", args.runtime, env):
             served_floor = []
             for c in (1, 2, 4):
                 log(f"served floor ({workers} × 1-thread floor servers): throughput, concurrency {c}")
@@ -1135,10 +1121,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 pairs.append({"inprocess_rps": inproc, "served_floor_c4_rps": fl_rps, "edged_ipc_c4_rps": served,
                               "ratio": round(served / inproc, 3), "floor_ratio": round(fl_rps / inproc, 3),
                               "edged_over_floor": round(served / fl_rps, 3)})
-        finally:
-            for f in pool:
-                f.kill()
-                f.wait(10)
         ipc["c4_pairs"] = pairs
         del result["inprocess"]["_model"]  # release the interpreters before the swap test
         result["edged_ipc"] = ipc

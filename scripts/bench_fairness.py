@@ -11,7 +11,8 @@ One ``edged serve`` (2 workers, the MobileNet-class model of ``scripts/bench.py`
 * the **flooder** (a subprocess, one DEALER connection): keeps ``--inflight``
   (default 200, far more than ``server.queue_size`` = 64) predicts outstanding
   and sends a new one the moment any reply (answer or refusal) arrives: the most
-  a single connection can ask for.
+  a single connection can ask for.  If it exits before the measured window ends, the
+  run fails (exit 1) rather than report a polite figure measured without a flood.
 
 Scenarios, each on a fresh daemon: ``alone`` (no flooder), then one ``flood``
 run per value of ``--shares`` (``server.max_queued_per_client``; 0 = the default,
@@ -41,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # scripts/bench.py; importing it also puts the checkout on sys.path
 from bench import INPUT_SHAPE, bench_env, bench_input, log, machine_facts, ms, scratch, start_daemon
 
+#: The polite client gives up after this long, whatever ``--quick`` says.
+POLITE_LIMIT_S = 300.0
+
 
 def role_flood(args: dict[str, Any]) -> int:
     """Keep ``inflight`` predicts outstanding until ``stop_at``; print counts of replies by code."""
@@ -53,13 +57,12 @@ def role_flood(args: dict[str, Any]) -> int:
     sock.connect(args["endpoint"])
     meta = [{"dtype": "uint8", "shape": list(INPUT_SHAPE)}]
     stop_at = float(args["stop_at"])
-    outstanding, sent, codes = 0, 0, {}
+    sent, codes = 0, {}
 
     def send() -> None:
-        nonlocal outstanding, sent
+        nonlocal sent
         header = {"v": 1, "id": sent, "op": "predict", "inputs": meta}
         sock.send_multipart([json.dumps(header, separators=(",", ":")).encode(), payload], copy=False)
-        outstanding += 1
         sent += 1
 
     for _ in range(int(args["inflight"])):
@@ -70,7 +73,6 @@ def role_flood(args: dict[str, Any]) -> int:
         if not sock.poll(50):
             continue
         head = json.loads(sock.recv_multipart()[0])
-        outstanding -= 1
         code = "ok" if head.get("ok") else head["error"]["code"]
         codes[code] = codes.get(code, 0) + 1
         send()
@@ -86,7 +88,7 @@ def polite(endpoint: str, n: int, interval_s: float) -> dict[str, Any]:
 
     x = bench_input()
     lat, throttled = [], 0
-    limit = time.monotonic() + 300
+    limit = time.monotonic() + POLITE_LIMIT_S
     with Client(endpoint, timeout=30.0) as c:
         for _ in range(n):
             t0 = time.perf_counter()
@@ -104,6 +106,18 @@ def polite(endpoint: str, n: int, interval_s: float) -> dict[str, Any]:
     return out
 
 
+def check_flooder(proc: subprocess.Popen, when: str) -> None:
+    """Raise ``SystemExit`` if the flooder has exited: a polite figure without a flood is no fairness figure.
+
+    Its traceback, if any, is above on stderr (inherited).  Checked before and after the measured window:
+    a process that runs at the end ran throughout.
+    """
+    rc = proc.poll()
+    if rc is not None:
+        raise SystemExit(f"bench_fairness: the flooder exited (code {rc}) {when}; the polite latency would be "
+                         "measured without a flood, so there is no result. See its output above.")
+
+
 def scenario(workdir: Path, daemons: list, repo: Path, env: dict[str, str], args: argparse.Namespace, tag: str,
              share: str | None, flood: bool) -> dict[str, Any]:
     conf = "[server]\nworkers = 2\nqueue_size = 64\n"
@@ -116,13 +130,18 @@ def scenario(workdir: Path, daemons: list, repo: Path, env: dict[str, str], args
     proc = None
     try:
         if flood:
-            stop_at = time.monotonic() + 3.0 + n * args.interval_ms / 1000 * 3 + 60
+            # The flooder's own deadline only bounds an orphan: it lies past the polite client's, so a slow
+            # polite run is never measured partly without a flood; the finally below kills it.
+            stop_at = time.monotonic() + 3.0 + POLITE_LIMIT_S + 60
             proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--role", "flood",
                                      json.dumps({"endpoint": d.endpoint, "inflight": args.inflight,
                                                  "stop_at": stop_at})],
                                     env=env, cwd=str(bench.ROOT), stdout=subprocess.PIPE)
             time.sleep(3.0)  # the flood is established (imports, first replies) before measuring
+            check_flooder(proc, "before the measured window")
         result = {"share": share, "flood": flood, "polite": polite(d.endpoint, n, args.interval_ms / 1000)}
+        if proc is not None:
+            check_flooder(proc, "during the measured window")
     finally:
         if proc is not None:
             proc.kill()

@@ -88,8 +88,6 @@ class Device:
     client: UpdateClient
     strategy: Any
     health: Health = field(default_factory=Health)
-    last: Any = None
-    checks: int = 0
     served_at: dict[str, float] = field(default_factory=dict)
 
     def local(self) -> LocalModel:
@@ -141,7 +139,7 @@ class Fleet:
             raise SystemExit(f"warm-up check refused: {result.refused}")
         self.warm = True
 
-    def devices(self, name: str, cfg: UpdateConfig, bad: bool = False) -> list[Device]:
+    def devices(self, name: str, cfg: UpdateConfig) -> list[Device]:
         out = []
         base = self.tmp / name
         for i in range(self.n):
@@ -189,7 +187,6 @@ class Fleet:
             run.timestamp_only += n <= 2 and result.ok
             for item in result.installed:
                 d.served_at.setdefault(item.split("/")[1], t)
-            d.last = result
             if health is not None:
                 d.health = health(d)  # as the daemon would judge the version it serves now
             delay, _ = d.strategy.next_check(t, result)
@@ -207,7 +204,7 @@ class Fleet:
         return sum(int(r["sent"]) for r in lines), sum(int(r["received"]) for r in lines)
 
 
-def time_to_share(devices: list[Device], version: str, since: float, share: float, covered: list[Device]) -> Any:
+def time_to_share(covered: list[Device], version: str, since: float, share: float) -> Any:
     times = sorted(d.served_at[version] - since for d in covered if version in d.served_at)
     need = int(share * len(covered) + 0.999)
     return round(times[need - 1], 1) if len(times) >= need and need > 0 else None
@@ -268,8 +265,8 @@ def main() -> int:
             in_first = sum(1 for d in first if "v2" in d.served_at and d.served_at["v2"] < published_at["100"])
             fig = run.figures(n)
             fig.update({"covered_at_10": len(first), "served_within_10_phase": in_first,
-                        "t95_after_10_s": time_to_share(devs, "v2", published_at["10"], 0.95, first),
-                        "t95_after_100_s": time_to_share(devs, "v2", published_at["100"], 0.95, devs),
+                        "t95_after_10_s": time_to_share(first, "v2", published_at["10"], 0.95),
+                        "t95_after_100_s": time_to_share(devs, "v2", published_at["100"], 0.95),
                         "served_at_end": sum(1 for d in devs if "v2" in d.served_at)})
             sent, received = fleet.wire_bytes(run)
             fig["egress_bytes"] = sent

@@ -42,6 +42,10 @@ from tests.e2e.repohelpers import publish  # noqa: E402
 
 
 def edged(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> dict:
+    """``python -m edged ARGS --json`` from the checkout, its JSON reply; ``SystemExit`` with its stderr if it fails.
+
+    Also used by ``scripts/fleet_sim.py``.
+    """
     r = subprocess.run([sys.executable, "-m", "edged", *args, "--json"], capture_output=True, text=True,
                        cwd=str(ROOT), env=env, timeout=timeout)
     if r.returncode:

@@ -45,7 +45,6 @@ import heapq
 import json
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +55,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_update import edged  # noqa: E402  (scripts/bench_update.py)
 from edged.config import UpdateConfig  # noqa: E402
 from edged.repository import layout  # noqa: E402
 from edged.seams import FakeClock  # noqa: E402
@@ -71,14 +72,6 @@ from tests.e2e.repohelpers import publish  # noqa: E402
 
 INTERVAL_S = 3600.0
 BAD_HOURS = 4
-
-
-def edged(*args: str) -> dict:
-    r = subprocess.run([sys.executable, "-m", "edged", *args, "--json"], capture_output=True, text=True,
-                       cwd=str(ROOT), timeout=300)
-    if r.returncode:
-        raise SystemExit(f"edged {' '.join(args)} failed: {r.stderr}")
-    return json.loads(r.stdout)
 
 
 @dataclass

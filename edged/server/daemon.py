@@ -143,6 +143,7 @@ class Daemon:
         self.events_sock: zmq.Socket | None = None
         self.predict_sock: zmq.Socket | None = None
         self.control_sock: zmq.Socket | None = None
+        self._reply_socks: dict[str, zmq.Socket] = {}  # endpoint name → the socket its replies go out on
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         # Reply ids for feedback: random per daemon start, so an id never matches across restarts.
@@ -181,6 +182,8 @@ class Daemon:
         if cfg.frigate.endpoint:
             self.frigate = FrigateEndpoint(self, cfg.frigate)
             self.frigate.sock = self._bind("frigate", cfg.frigate.endpoint, cfg.frigate.socket_mode)
+            self._reply_socks["frigate"] = self.frigate.sock
+        self._reply_socks.update(predict=self.predict_sock, control=self.control_sock)
         if cfg.repository.watch:
             self.watcher = RepositoryWatcher(self.models.root, self.clock, self.wake)
             self.watcher.start()
@@ -577,9 +580,8 @@ class Daemon:
         return first, rest
 
     def _send(self, endpoint: str, envelope: list[Any], header: bytes, frames: list[Any]) -> None:
-        sock = {"predict": self.predict_sock, "control": self.control_sock}.get(endpoint) or self.frigate.sock
         try:
-            sock.send_multipart([*envelope, header, *frames], copy=False)
+            self._reply_socks[endpoint].send_multipart([*envelope, header, *frames], copy=False)
         except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY) or shutting down
             log.debug("reply dropped: %s", exc)
         except Exception:  # noqa: BLE001 - one reply must never end the main loop

@@ -25,7 +25,7 @@ from edged.repository.check import GOLDEN_IMAGE_ATOL, check_lite, contract_text,
 from edged.repository.manifest import (
     Manifest, ManifestError, contract_from_details, file_entry, load_manifest, write_manifest,
 )
-from edged.repository.state import StateStore
+from edged.repository.state import STATE_DIR, StateStore
 from edged.runtime.files import EDGETPU_MODEL, LITE_MODEL
 from edged.runtime.model import LoadedModel, LoadSpec
 
@@ -153,7 +153,7 @@ def base_manifest(repo: Path, name: str) -> tuple[str, Manifest] | None:
     versions = layout.version_names(model_dir)
     if not versions:
         return None
-    committed = StateStore(repo).get(name).committed if (repo / ".edged").is_dir() else None
+    committed = StateStore(repo).get(name).committed if (repo / STATE_DIR).is_dir() else None
     order = [v for v in (layout.current_link(model_dir), committed) if v in versions] + versions[::-1]
     for v in order:
         try:

@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -50,6 +50,7 @@ def pack(
     extra: dict[str, Any] | None = None,
     golden_images: Sequence[tuple[Path, str | None]] = (),
     inherit: bool = True,
+    base: tuple[str, Manifest] | None | Literal["find"] = "find",
 ) -> Path:
     """Create ``repo/name/version``; returns its path.
 
@@ -58,7 +59,9 @@ def pack(
     are given), so re-packing a model cannot silently change how its images are
     read.  ``golden_images``: ``(file, expected label or index or None)``; each is
     run through the daemon's preprocessing and its top-1 recorded, and the pack
-    is refused when it is not the expected one.
+    is refused when it is not the expected one.  ``base``: what :func:`base_manifest`
+    returns, when the caller has looked it up already (``edged pack`` does, to
+    report the differences); by default pack looks it up itself.
 
     Raises :class:`RequestError` for bad names or an existing version, and
     :class:`ModelError` when the model does not load, a golden input does not
@@ -75,7 +78,10 @@ def pack(
     if target.exists():
         raise RequestError(f"{target} already exists; versions are immutable, publish a new one",
                            code=ErrorCode.INVALID_STATE)
-    base = base_manifest(repo, name) if inherit else None
+    if not inherit:
+        base = None
+    elif base == "find":
+        base = base_manifest(repo, name)
     inherited_images: list[dict[str, Any]] = []
     if base is not None:
         if preprocessing is None:

@@ -85,9 +85,9 @@ def version_dir(root: Path, model: str, version: str) -> Path:
     check_name("version", version)
     path = root / model / version
     if version_number(version) is None or not path.is_dir() or not inside(root, path):
-        have = ", ".join(version_names(root / model)) or "none"
-        raise NotFoundError(f"model {model} has no version {version} (versions: {have})",
-                            code=ErrorCode.UNKNOWN_VERSION, versions=version_names(root / model))
+        versions = version_names(root / model)
+        raise NotFoundError(f"model {model} has no version {version} (versions: {', '.join(versions) or 'none'})",
+                            code=ErrorCode.UNKNOWN_VERSION, versions=versions)
     return path
 
 

@@ -148,8 +148,12 @@ def test_names_and_versions(tmp_path: Path):
     (tmp_path / "outside").mkdir()
     os.symlink(tmp_path / "outside", m / "v11")  # a symlink escaping the model dir is not a version
     assert "v11" not in layout.version_names(m)
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError) as err:
         layout.version_dir(tmp_path, "m", "v99")
+    assert err.value.details["versions"] == ["v2", "3", "v10"] and "(versions: v2, 3, v10)" in err.value.message
+    with pytest.raises(NotFoundError, match=r"\(versions: none\)") as err:
+        layout.version_dir(tmp_path, "new", "v1")
+    assert err.value.details["versions"] == []
 
 
 def test_keep_previous_only_while_memory_allows(tmp_path: Path, caplog):

@@ -126,8 +126,6 @@ class LoadedModel:
         self._plan = plan
         self._solo = solo
         self._solo_lock = threading.Lock()
-        #: Threads of the solo interpreter, 0 when there is none (yet, or any more).
-        self.solo_threads = spec.solo_threads if solo is not None else 0
         self.preprocessing = Preprocessing.from_manifest(spec.preprocessing)
         self.labels = spec.labels
         # Recent invoke() times: the baseline a successor's probation is compared with.
@@ -188,6 +186,11 @@ class LoadedModel:
             log.info("%s/%s: %s", spec.name, spec.version, reason)
         return model
 
+    @property
+    def solo_threads(self) -> int:
+        """Threads of the solo interpreter, 0 when there is none (yet, or any more)."""
+        return self.spec.solo_threads if self._solo is not None else 0
+
     @staticmethod
     def wants_solo(spec: LoadSpec, plan: delegates_mod.DelegatePlan) -> bool:
         """A solo interpreter only helps on the CPU, with more threads than the pool's.
@@ -209,18 +212,21 @@ class LoadedModel:
 
     def warm(self, pause: Callable[[], None] | None = None) -> None:
         """Run every interpreter once on zeros, so the first real request pays no lazy setup."""
-        zeros = [np.zeros(t.shape, t.dtype) for t in self.inputs]
         held = [self._pool.get() for _ in range(self.pool_size)]
         try:
             for interp in held + ([self._solo] if self._solo is not None else []):
                 if pause is not None:
                     pause()
-                for spec, arr in zip(self.inputs, zeros):
-                    interp.set_tensor(spec.index, arr)
-                interp.invoke()
+                self._warm_one(interp)
         finally:
             for interp in held:
                 self._pool.put(interp)
+
+    def _warm_one(self, interp: Any) -> None:
+        """Run ``interp`` once on zeros in every input (``warm``, ``add_solo``)."""
+        for spec in self.inputs:
+            interp.set_tensor(spec.index, np.zeros(spec.shape, spec.dtype))
+        interp.invoke()
 
     def add_solo(self, pause: Callable[[], None] | None = None) -> bool:
         """Build and warm the solo interpreter if the spec wants one and there is none; True if built.
@@ -234,23 +240,19 @@ class LoadedModel:
             pause()
         try:
             solo = self._build(self.spec, self._plan, self._content, self.spec.solo_threads)
-            for spec, arr in zip(self.inputs, (np.zeros(t.shape, t.dtype) for t in self.inputs)):
-                solo.set_tensor(spec.index, arr)
-            solo.invoke()
+            self._warm_one(solo)
         except Exception as exc:  # noqa: BLE001 - the pool serves on; the solo interpreter is an extra
             log.warning("%s/%s: no solo interpreter (%s); lone requests run on one interpreter thread",
                         self.name, self.version, exc)
             return False
         with self._solo_lock:
             self._solo = solo
-            self.solo_threads = self.spec.solo_threads
         return True
 
     def drop_solo(self) -> None:
         """Release the solo interpreter (a version kept only for rollback); a request using it finishes first."""
         with self._solo_lock:
             self._solo = None
-            self.solo_threads = 0
 
     def p95_invoke_us(self) -> float | None:
         """p95 of the recent invoke() times (the probation baseline), or None before any."""

@@ -110,6 +110,8 @@ def test_a_live_load_adds_the_solo_interpreter_after_and_a_kept_version_drops_it
     assert not m.add_solo()  # already there
     m.drop_solo()  # kept for rollback only
     assert (m.solo_threads, m.run([x], alone=True).threads, m.describe()["solo_threads"]) == (0, 1, 0)
+    with pytest.raises(AttributeError):  # derived from the solo interpreter: nothing to keep in step by hand
+        m.solo_threads = 2  # type: ignore[misc]
     one = LoadedModel.load(LoadSpec("m", "v1", spec.path, backend, num_threads=2, solo_threads=2), with_solo=False)
     assert not one.add_solo() and one.solo_threads == 0  # not wanted: no more threads than the pool's
 

@@ -144,3 +144,20 @@ def test_default_endpoints_fall_back_to_the_system_daemon(tmp_path, monkeypatch)
     # and the environment wins over both
     monkeypatch.setenv("EDGED_CONTROL_ENDPOINT", "ipc:///elsewhere.sock")
     assert default_control_endpoint(str(system)) == "ipc:///elsewhere.sock"
+
+
+def test_default_events_endpoint_is_beside_the_control_socket(tmp_path, monkeypatch):
+    from edged.client import default_events_endpoint
+
+    for var in ("EDGED_EVENTS_ENDPOINT", "EDGED_CONTROL_ENDPOINT", "RUNTIME_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    assert default_events_endpoint() == f"ipc://{tmp_path}/xdg/edged/events.sock"  # beside the default control
+    assert default_events_endpoint("ipc:///srv/edged/c.sock") == "ipc:///srv/edged/events.sock"
+    monkeypatch.setenv("EDGED_CONTROL_ENDPOINT", "ipc:///elsewhere/control.sock")
+    assert default_events_endpoint() == "ipc:///elsewhere/events.sock"
+    with pytest.raises(TransportError, match="give --events-endpoint") as err:
+        default_events_endpoint("tcp://10.0.0.2:5556")  # no directory beside a tcp endpoint
+    assert err.value.code is ErrorCode.NOT_RUNNING
+    monkeypatch.setenv("EDGED_EVENTS_ENDPOINT", "tcp://10.0.0.2:5557")  # the environment wins over all
+    assert default_events_endpoint("tcp://10.0.0.2:5556") == "tcp://10.0.0.2:5557"

@@ -15,6 +15,9 @@ API
     Called by the worker after each ``invoke()``.
 ``Governor.apply_profile(profile) -> None``
     Switch limits; the bucket keeps its tokens (clamped to the new burst).
+``Governor.queue_full_retry_ms(now=None) -> int``
+    The ``retry_after_ms`` of a queue refusal (decision 2 below), for the
+    server's other answers to a full queue (a job pushed out of it).
 ``Governor.max_active`` / ``queue_limit`` / ``counters()`` / ``status()``
     Concurrency bound for ``Scheduler.set_max_active``, the profile's queue
     limit, the throttled/shed/admitted counts, a JSON-able snapshot.
@@ -245,6 +248,11 @@ class Governor:
         self._refilled_at = max(self._refilled_at, now)
         if self._profile.max_rps is not None:
             self._tokens = min(self._burst(), self._tokens + elapsed * self._profile.max_rps)
+
+    def queue_full_retry_ms(self, now: float | None = None) -> int:
+        """``retry_after_ms`` for a request the queue has no room for: about the time one queued job takes to clear."""
+        with self._lock:
+            return self._drain_ms(self.clock.monotonic() if now is None else now)
 
     def queue_allowance(self, priority: str) -> int:
         """How many queued requests a request of ``priority`` may find and still be admitted."""

@@ -723,7 +723,7 @@ class Daemon:
             self.stats.shed(evicted.model.name, evicted.model.version)
             self.reply(evicted.req, error_reply(evicted.req.id, evicted.req.op, Throttled(
                 "pushed out of a full queue by another client's request (this connection held the most queued)",
-                retry_after_ms=50)))
+                retry_after_ms=self.power.governor.queue_full_retry_ms())))
         return job
 
     def _worker(self, worker_id: int) -> None:

@@ -107,6 +107,8 @@ def test_queue_full_retry_from_duty_cycle() -> None:
     # per job at duty 0.5 over 2 workers: 0.068 / 0.5 / 2 = 0.068 s; workers ready at T0 + 0.2
     assert g.admit("normal", T0, queue_depth=2).retry_after_ms == 200
     assert g.admit("normal", T0 + 0.19, queue_depth=2).retry_after_ms == 68
+    # The same figure for the server's other answers to a full queue (a job pushed out of it).
+    assert (g.queue_full_retry_ms(T0), g.queue_full_retry_ms(T0 + 0.19)) == (200, 68)
 
 
 def test_duty_cycle_wait() -> None:

@@ -1,0 +1,60 @@
+"""A predict's way into the queue on a real Daemon in process: governor first, then the scheduler.
+
+Workers are held back (concurrency bound 0), so the queue only changes when the test
+submits: what is full, who is pushed out and what each refusal says are exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import zmq
+
+from edged import config as config_mod
+from edged.errors import Throttled
+from edged.seams import FakeClock
+from edged.server.api import Request
+from edged.server.daemon import Daemon
+from tests.conftest import runtime_choice
+
+
+@pytest.fixture
+def held(repo, sockdir):
+    """A started Daemon (one worker, a queue of 4, power off: profile performance) whose worker takes nothing."""
+    cfg = config_mod.load(None, {"server.endpoint": f"ipc://{sockdir}/p.sock",
+                                 "server.control_endpoint": f"ipc://{sockdir}/c.sock",
+                                 "server.workers": 1, "server.queue_size": 4, "power.enabled": False,
+                                 "repository.path": str(repo), "repository.watch": False,
+                                 "runtime.backend": runtime_choice()})
+    d = Daemon(cfg, clock=FakeClock())
+    d.startup()
+    d.scheduler.set_max_active(0)
+    yield d
+    d.scheduler.drain()
+    d.scheduler.set_max_active(None)
+    d.shutdown()
+
+
+def predict(d: Daemon, client: bytes, rid: str) -> Request:
+    header = {"v": 1, "id": rid, "op": "predict", "inputs": [{"dtype": "float32", "shape": [1, 8, 8, 1]}]}
+    return Request("predict", [zmq.Frame(client)], header, [], d.clock.monotonic())
+
+
+@pytest.mark.runtime
+def test_a_job_pushed_out_of_a_full_queue_is_told_to_wait_as_long_as_a_refused_one(held, monkeypatch):
+    d = held
+    replies: list[tuple[Request, dict[str, Any]]] = []
+    monkeypatch.setattr(d, "reply", lambda req, header, arrays=None: replies.append((req, header)))
+    # Measured: one invoke of 300 ms just started on the one worker (duty cycle 1).
+    d.power.record(0, d.clock.monotonic(), 0.3)
+    for i in range(4):
+        d.submit_predict(predict(d, b"A", f"a{i}"))  # alone, A may fill the queue
+    d.submit_predict(predict(d, b"B", "b0"))  # B takes A's newest place
+    ((req, header),) = replies
+    assert req.id == "a3" and header["error"]["code"] == "THROTTLED" and "pushed out" in header["error"]["message"]
+    with pytest.raises(Throttled) as refused:
+        d.submit_predict(predict(d, b"A", "a4"))  # A holds the most: nobody fairer to take a place from
+    # Both are answers to the same full queue: retry once the running job has cleared (300 ms), not after 50 ms.
+    assert header["error"]["retry_after_ms"] == refused.value.retry_after_ms == 300
+    assert d.scheduler.depth() == 4

@@ -697,8 +697,12 @@ class Daemon:
         priority = h.get("priority", "normal")
         wait = bool(h.get("wait", False))
         client = req.envelope[0].bytes  # the ROUTER identity: fairness is per connection
-        # The depth this client would find: a place the scheduler would free for it by
-        # pushing out a bigger holder's newest job does not count.
+        # The queue is judged twice, on purpose.  The governor's check comes before its rate
+        # limit, so a full queue is a power shed (counted so, answered with the profile and a
+        # duty-cycle retry) that spends no token and refuses `wait` requests too.  Only the
+        # scheduler knows who holds what, so it alone pushes out the biggest holder's newest
+        # job, at the same allowance.  depth_for() gives the governor the depth left after
+        # such a push-out, so the scheduler never refuses for a full queue what was admitted.
         refused = self.power.admit(priority, wait, self.scheduler.depth_for(client))
         if refused is not None:
             if refused.counter == "shed":

@@ -36,8 +36,9 @@ def held(repo, sockdir):
     d.shutdown()
 
 
-def predict(d: Daemon, client: bytes, rid: str) -> Request:
-    header = {"v": 1, "id": rid, "op": "predict", "inputs": [{"dtype": "float32", "shape": [1, 8, 8, 1]}]}
+def predict(d: Daemon, client: bytes, rid: str, priority: str = "normal") -> Request:
+    header = {"v": 1, "id": rid, "op": "predict", "priority": priority,
+              "inputs": [{"dtype": "float32", "shape": [1, 8, 8, 1]}]}
     return Request("predict", [zmq.Frame(client)], header, [], d.clock.monotonic())
 
 
@@ -58,3 +59,22 @@ def test_a_job_pushed_out_of_a_full_queue_is_told_to_wait_as_long_as_a_refused_o
     # Both are answers to the same full queue: retry once the running job has cleared (300 ms), not after 50 ms.
     assert header["error"]["retry_after_ms"] == refused.value.retry_after_ms == 300
     assert d.scheduler.depth() == 4
+
+
+@pytest.mark.runtime
+def test_the_governor_judges_the_queue_a_push_out_would_leave_and_sheds_what_finds_no_room(held, monkeypatch):
+    d = held
+    replies: list[Request] = []
+    monkeypatch.setattr(d, "reply", lambda req, header, arrays=None: replies.append(req))
+    for i in range(3):
+        d.submit_predict(predict(d, b"A", f"a{i}"))
+    # low may find 2 queued (half of 4); a push-out of A's newest would leave 2: still no room.
+    with pytest.raises(Throttled, match="queue has 2 waiting, low limit is 2") as refused:
+        d.submit_predict(predict(d, b"C", "c0", "low"))
+    assert refused.value.details["profile"] == "performance"
+    assert replies == [] and d.scheduler.depth() == 3  # nobody was pushed out for a request that was refused
+    d.submit_predict(predict(d, b"B", "b0"))  # normal may find 4: room without a push-out
+    d.submit_predict(predict(d, b"C", "c1"))  # a push-out of A's newest leaves 3: admitted, a2 answered
+    assert [r.id for r in replies] == ["a2"] and d.scheduler.depth() == 4
+    assert d.power.governor.counters()["shed"] == 1  # the refusal, counted where the power status shows it
+    assert d.stats_snapshot()["models"][0]["shed"] == 2  # the refusal and the push-out

@@ -101,6 +101,18 @@ def loads(raw: bytes | memoryview | str) -> Any:
     return _DECODER.decode(raw)
 
 
+def check_message_size(frames: Sequence[Any], max_bytes: int) -> None:
+    """Raise :class:`RequestError` ``TOO_LARGE`` when ``frames`` hold more than ``max_bytes`` together.
+
+    Every socket's messages are held to ``server.max_message_bytes`` here; libzmq's
+    MAXMSGSIZE (4x it) only bounds one frame, before it is read.
+    """
+    size = sum(len(f) for f in frames)
+    if size > max_bytes:
+        raise RequestError(f"message is {size} bytes, limit {max_bytes} (server.max_message_bytes)",
+                           code=ErrorCode.TOO_LARGE)
+
+
 def parse_header(raw: bytes | memoryview, max_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> dict[str, Any]:
     """Decode and check a header frame.
 

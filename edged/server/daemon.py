@@ -549,10 +549,7 @@ class Daemon:
             self.frigate.handle(envelope, body, received)
             return
         try:
-            size = sum(len(f) for f in body)
-            if size > self.config.server.max_message_bytes:
-                raise RequestError(f"message is {size} bytes, limit {self.config.server.max_message_bytes}",
-                                   code=ErrorCode.TOO_LARGE)
+            protocol.check_message_size(body, self.config.server.max_message_bytes)
             header = protocol.parse_header(body[0].buffer, self.config.server.max_header_bytes)
         except EdgedError as exc:
             self._send(endpoint, envelope, protocol.dumps(error_reply(None, None, exc)), [])

@@ -42,7 +42,7 @@ from edged.config import FrigateConfig
 from edged.errors import EdgedError, ErrorCode, NotFoundError, RequestError
 from edged.repository import layout
 from edged.runtime import detection
-from edged.server.dispatch import Request, dispatch
+from edged.server.dispatch import Request, dispatch, error_reply
 
 log = logging.getLogger("edged.frigate")
 
@@ -53,6 +53,7 @@ _DROP_REASONS = {
     ErrorCode.BAD_SHAPE.value: "input",
     ErrorCode.BAD_DTYPE.value: "input",
     ErrorCode.BAD_SIZE.value: "input",
+    ErrorCode.TOO_LARGE.value: "input",
     ErrorCode.UNKNOWN_MODEL.value: "no_model",
     ErrorCode.SHUTTING_DOWN.value: "shutting_down",
 }
@@ -83,9 +84,15 @@ class FrigateEndpoint:
     # -- reading --------------------------------------------------------------------------
 
     def handle(self, envelope: list[Any], body: list[Any], received: float) -> None:
-        """One message from Frigate (main thread): classify, then the dispatch door."""
+        """One message from Frigate (main thread): classify, then the dispatch door.
+
+        A message over ``server.max_message_bytes`` is refused like on every other
+        socket (``TOO_LARGE``), but only once classified: Frigate reads a refused
+        frame as no detections and a refused push as not saved, and nothing else.
+        """
+        limits = self.daemon.config.server
         try:
-            raw = protocol.parse_object(body[0].buffer, self.daemon.config.server.max_header_bytes)
+            raw = protocol.parse_object(body[0].buffer, limits.max_header_bytes)
         except EdgedError as exc:
             raw = {"_error": exc.message}
         if raw.get("model_request") is True:
@@ -94,8 +101,13 @@ class FrigateEndpoint:
             op = "frigate_push"
         else:
             op = "frigate_detect"
-        header = {**raw, "op": op}
-        dispatch(self.daemon, Request("frigate", envelope, header, body[1:], received))
+        req = Request("frigate", envelope, {**raw, "op": op}, body[1:], received)
+        try:
+            protocol.check_message_size(body, limits.max_message_bytes)
+        except EdgedError as exc:
+            self.daemon.reply(req, error_reply(req.id, req.op, exc))
+            return
+        dispatch(self.daemon, req)
 
     # -- replies --------------------------------------------------------------------------
 
@@ -117,6 +129,10 @@ class FrigateEndpoint:
             return [json.dumps(reply).encode()]
         if op == "frigate_push":
             reply = {"model_saved": False, "model_loaded": False} if failed else header["frigate"]
+            if failed:
+                self.log_once(f"push:{header['error'].get('message')}", logging.WARNING,
+                              "Frigate pushed model %r; refused: %s", req.header.get("model_name"),
+                              header["error"].get("message"))
             return [json.dumps(reply).encode()]
         if failed:
             return [self._drop(req, header["error"])]

@@ -168,6 +168,24 @@ def test_wrong_shape_dtype_and_unknown_model_type_are_answered_and_logged_once(d
     assert stats(d)["frigate_dropped"] == {"input": 6, "model_type": 3}
 
 
+def test_a_frame_over_max_message_bytes_is_answered_empty_and_logged_once(daemon_factory, sockdir, det_repo):
+    # 307 200 bytes of tensor: over the limit, under libzmq's MAXMSGSIZE (4x), so edged reads it.
+    d, endpoint = start(daemon_factory, sockdir, det_repo, "--set", "server.max_message_bytes=200000")
+    image = frames(1)[0]
+    image[0, 0:40, 0:40, 0] = 255  # served, this frame has a detection
+    with FrigateZmqClient(endpoint, "/config/model.tflite") as client:
+        assert client.model_ready, client.errors
+        for _ in range(3):
+            assert not client.detect_raw(image).any()
+        assert client.timeouts == 0 and not client.errors
+    log = d.log()
+    assert log.count("no detections (input): message is 307") == 1, log
+    assert "limit 200000 (server.max_message_bytes)" in log and "Traceback" not in log
+    counted = stats(d)
+    assert counted["frigate_dropped"] == {"input": 3}
+    assert counted["models"] == [], "refused before it became a predict"
+
+
 def test_pushed_model_is_refused_by_default_and_serving_is_untouched(daemon_factory, sockdir, det_repo, tmp_path):
     d, endpoint = start(daemon_factory, sockdir, det_repo)
     pushed = tmp_path / "frigate_model.tflite"

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 
 from edged.config import FrigateConfig
 from edged.server.dispatch import Request
@@ -19,6 +20,7 @@ from edged.server.metrics import Stats
 
 class FakeDaemon:
     def __init__(self) -> None:
+        self.config = SimpleNamespace(server=SimpleNamespace(max_message_bytes=1000, max_header_bytes=200))
         self.stats = Stats()
         self.replies: list[tuple[Request, dict[str, Any]]] = []
         self.woken = 0
@@ -110,3 +112,24 @@ def test_a_second_push_while_one_is_being_validated_is_refused_at_once():
     ep.push(Request("frigate", [b"peer", b""], {"op": "frigate_push", "model_name": "m"}, [b"TFL3"], 0.0))
     assert daemon.replies[-1][1] == {"frigate": {"model_saved": False, "model_loaded": False}}
     assert frigate_push.CHANGES_VERSIONS  # and refused while the daemon drains, like swap
+
+
+def test_a_message_over_max_message_bytes_is_refused_as_frigate_reads_a_refusal(caplog):
+    daemon = FakeDaemon()
+    ep = FrigateEndpoint(daemon, FrigateConfig())
+    detect = json.dumps({"shape": [1, 32, 32, 1], "dtype": "uint8", "model_type": "ssd"}).encode()
+    push = json.dumps({"model_data": True, "model_name": "big.tflite"}).encode()
+    with caplog.at_level(logging.INFO, logger="edged.frigate"):
+        for _ in range(3):  # a misconfigured Frigate sends the same frame at 5-30 fps
+            ep.handle([zmq.Frame(b"peer"), zmq.Frame(b"")], [zmq.Frame(detect), zmq.Frame(b"\0" * 1024)], 0.0)
+        ep.handle([zmq.Frame(b"peer"), zmq.Frame(b"")], [zmq.Frame(push), zmq.Frame(b"TFL3" * 256)], 0.0)
+    # Refused before dispatch (FakeDaemon has no models: a dispatched frame would be INTERNAL).
+    assert [h["error"]["code"] for _, h in daemon.replies] == ["TOO_LARGE"] * 4
+    frames = [ep.encode(req, header, []) for req, header in daemon.replies]
+    assert all(len(f[0]) == 480 and not np.frombuffer(f[0], np.float32).any() for f in frames[:3])
+    assert json.loads(frames[3][0]) == {"model_saved": False, "model_loaded": False}
+    assert daemon.stats.snapshot()["frigate_dropped"] == {"input": 3}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and not any(r.exc_info for r in caplog.records), lines
+    assert "no detections (input): message is 1" in lines[0] and "limit 1000 (server.max_message_bytes)" in lines[0]
+    assert "'big.tflite'; refused: message is 1" in lines[1]

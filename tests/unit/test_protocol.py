@@ -97,6 +97,13 @@ def test_parse_header_caps_nesting_depth():
         assert info.value.code is ErrorCode.TOO_LARGE
 
 
+def test_message_size_counts_every_frame():
+    protocol.check_message_size([b"h" * 10, b"x" * 90], 100)
+    with pytest.raises(RequestError, match="message is 101 bytes, limit 100") as info:
+        protocol.check_message_size([b"h" * 11, b"x" * 90], 100)
+    assert info.value.code is ErrorCode.TOO_LARGE
+
+
 def test_ipc_directory_checks(tmp_path):
     import os
 

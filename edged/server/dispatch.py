@@ -60,9 +60,11 @@ def dispatch(daemon: DaemonAPI, req: Request) -> None:
             where = "" if command is None else f" on the {req.endpoint} endpoint"
             raise RequestError(f"unknown op {req.op!r}{where}", code=ErrorCode.UNKNOWN_OP)
         command.validate(req.header, req.frames)
-        if getattr(command, "CHANGES_VERSIONS", False) and daemon.state is DaemonState.DRAINING:
-            # A swap started now would be cut off by the exit (or hold it up); refuse it
-            # with the code clients already retry on.
+        if daemon.state is DaemonState.DRAINING and (getattr(command, "CHANGES_VERSIONS", False)
+                                                      or getattr(command, "RUNS_MODEL", False)):
+            # A swap started now would be cut off by the exit (or hold it up), and a run
+            # started now could be on a version the exit tears down; refuse it with the
+            # code clients already retry on.
             raise RetryableError(f"daemon is shutting down; {req.op} refused", code=ErrorCode.SHUTTING_DOWN)
         result = command.execute(daemon, req)
     except Exception as exc:

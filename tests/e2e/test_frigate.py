@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
+from edged import protocol
 from edged.repository.pack import pack
 from edged.testing import tflite_build as tb
 from tests.e2e.frigate_client import FrigateZmqClient, frigate_tflite_detect_raw
-from tests.e2e.repohelpers import state_of, wait_until
+from tests.e2e.repohelpers import publish, state_of, wait_until
 from tests.e2e.test_power import power_config, write_sensor
 from tests.e2e.test_security import free_port, keys  # noqa: F401 - keys is a fixture
 
@@ -184,6 +186,51 @@ def test_a_frame_over_max_message_bytes_is_answered_empty_and_logged_once(daemon
     counted = stats(d)
     assert counted["frigate_dropped"] == {"input": 3}
     assert counted["models"] == [], "refused before it became a predict"
+
+
+def test_a_frame_during_a_drain_is_answered_empty_at_once_and_never_run(daemon_factory, sockdir, det_repo, tmp_path):
+    # ~40-100 ms per invoke of "m" on one worker: its queue keeps the drain going for seconds.
+    publish(det_repo, "v1", tb.slow_model(size=256, depth=16), tmp=tmp_path)
+    endpoint = f"ipc://{sockdir}/frigate/zmq_detector"
+    cfg = tmp_path / "edged.toml"
+    # A budget no busy machine reaches: every frame is either run or refused on arrival.
+    cfg.write_text(f'[frigate]\nendpoint = "{endpoint}"\nmodel = "detector"\nbudget_ms = 10000\n')
+    d = daemon_factory(det_repo, "--workers", "1", "--config", str(cfg))
+    image = frames(1)[0]
+    image[0, 0:40, 0:40, 0] = 255  # run, this frame has a detection
+    ctx = zmq.Context.instance()
+    pred, ctl = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    for sock, where in ((pred, d.endpoint), (ctl, d.control_endpoint)):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(where)
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    try:
+        with FrigateZmqClient(endpoint, "/config/model.tflite", request_timeout_ms=30_000) as client:
+            assert client.detect_raw(image).any(), "served before the stop"
+            head = {"v": 1, "op": "predict", "model": "m", "inputs": [protocol.tensor_meta(x)]}
+            for i in range(30):
+                pred.send_multipart([json.dumps({**head, "id": i}).encode(), x.tobytes()])
+            # health is answered by the main loop once it has read every predict before it.
+            pred.send_multipart([json.dumps({"v": 1, "op": "health", "id": "marker"}).encode()])
+            replies = []
+            while not replies or replies[-1]["id"] != "marker":
+                assert pred.poll(60_000), "no reply within 60 s"
+                replies.append(json.loads(pred.recv_multipart()[0]))
+            ctl.send_multipart([json.dumps({"v": 1, "id": "q", "op": "quit"}).encode()])
+            assert ctl.poll(60_000) and json.loads(ctl.recv_multipart()[0])["stopping"]
+            for _ in range(3):  # the predicts still queued keep the daemon draining
+                assert not client.detect_raw(image).any()
+            assert client.timeouts == 0 and not client.errors
+        while len(replies) < 31 and pred.poll(60_000):
+            replies.append(json.loads(pred.recv_multipart()[0]))
+    finally:
+        pred.close()
+        ctl.close()
+    assert d.stop(sig=None) == 0
+    assert len(replies) == 31, "the drain went on after the frames: every predict was answered"
+    log = d.log()
+    assert log.count("Frigate frame answered with no detections (shutting_down)") == 1, log
+    assert "Traceback" not in log
 
 
 def test_pushed_model_is_refused_by_default_and_serving_is_untouched(daemon_factory, sockdir, det_repo, tmp_path):

@@ -133,3 +133,22 @@ def test_a_message_over_max_message_bytes_is_refused_as_frigate_reads_a_refusal(
     assert len(lines) == 2 and not any(r.exc_info for r in caplog.records), lines
     assert "no detections (input): message is 1" in lines[0] and "limit 1000 (server.max_message_bytes)" in lines[0]
     assert "'big.tflite'; refused: message is 1" in lines[1]
+
+
+def test_a_frame_that_arrives_during_a_drain_is_refused_and_never_run(caplog):
+    from edged.server.dispatch import dispatch
+    from edged.states import DaemonState
+
+    daemon = FakeDaemon()
+    ep = FrigateEndpoint(daemon, FrigateConfig())
+    daemon.frigate = SimpleNamespace(detect=lambda req: pytest.fail("a frame ran during the drain"))
+    daemon.state = DaemonState.DRAINING
+    header = {"op": "frigate_detect", "shape": [1, 32, 32, 1], "dtype": "uint8", "model_type": "ssd"}
+    with caplog.at_level(logging.INFO, logger="edged.frigate"):
+        for _ in range(3):
+            dispatch(daemon, Request("frigate", [b"peer", b""], dict(header), [b"\0" * 1024], 0.0))
+            (frame,) = ep.encode(*daemon.replies[-1], [])
+            assert len(frame) == 480 and not np.frombuffer(frame, np.float32).any()
+    assert [h["error"]["code"] for _, h in daemon.replies] == ["SHUTTING_DOWN"] * 3
+    assert daemon.stats.snapshot()["frigate_dropped"] == {"shutting_down": 3}
+    assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.INFO  # once, then counted

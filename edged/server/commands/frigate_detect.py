@@ -8,7 +8,7 @@ of the model that answers Frigate, with ``deadline_ms = frigate.budget_ms``.
 Reply: one 480-byte frame, a float32 ``(20, 6)`` array of ``[class_id, score,
 y_min, x_min, y_max, x_max]`` rows (edged/runtime/detection.py).  Any failure
 (unknown model_type, shape or dtype mismatch, a message over
-``server.max_message_bytes``, throttled, past the budget) is
+``server.max_message_bytes``, throttled, past the budget, the daemon stopping) is
 answered with all zeros, which Frigate reads as no detections, and counted in
 ``frigate_dropped`` by reason.
 
@@ -25,6 +25,7 @@ from edged.server.api import DaemonAPI, Request
 
 NAME = "frigate_detect"
 ENDPOINTS = frozenset({"frigate"})
+RUNS_MODEL = True  # refused while the daemon drains, like a predict
 
 
 def validate(header: dict[str, Any], frames: list[Any]) -> None:

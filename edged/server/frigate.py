@@ -30,6 +30,7 @@ import json
 import logging
 import tempfile
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,8 @@ class FrigateEndpoint:
         self._log_lock = threading.Lock()
         #: A pushed model is being stored or validated: one at a time (each copies the model).
         self._pushing = False
+        #: Loaded model -> model_type -> why its layout cannot answer Frigate (None: it can).
+        self._layouts: weakref.WeakKeyDictionary[Any, dict[str, str | None]] = weakref.WeakKeyDictionary()
 
     # -- reading --------------------------------------------------------------------------
 
@@ -226,13 +229,9 @@ class FrigateEndpoint:
             raise RequestError(f"model_type {h.get('model_type')!r} is not supported by edged "
                                f"(supported: ssd, yolo-generic)", frigate_reason="model_type")
         model = self.resolve(None)
-        try:
-            detection.check_layout(kind, [spec.shape for spec in model.outputs])
-        except detection.LayoutError as exc:
-            raise RequestError(f"{model.name}/{model.version}: {exc}", frigate_reason="layout") from None
-        if len(model.inputs) != 1:
-            raise RequestError(f"{model.name} takes {len(model.inputs)} inputs; Frigate sends one",
-                               frigate_reason="layout")
+        problem = self._layout_problem(model, kind)
+        if problem:
+            raise RequestError(problem, frigate_reason="layout")
         spec = model.inputs[0]
         if h["dtype"] != spec.dtype.name:
             raise RequestError(f"Frigate sends {h['dtype']}{h['shape']}, {model.name}/{model.version} takes "
@@ -246,6 +245,23 @@ class FrigateEndpoint:
                   "deadline_ms": self.config.budget_ms, "wait": True, "priority": "normal", "top_k": 0})
         req.extra["model_type"] = kind
         self.track(self.daemon.submit_predict(req))
+
+    def _layout_problem(self, model: Any, kind: str) -> str | None:
+        """Why ``model`` cannot answer ``kind`` frames (None: it can), checked once per loaded version.
+
+        Keyed by the loaded model itself: a hot swap loads a new object, checked on its
+        first frame.  Weakly, so the cache never keeps a swapped-out version in memory.
+        """
+        checked = self._layouts.setdefault(model, {})
+        if kind not in checked:
+            try:
+                detection.check_layout(kind, [spec.shape for spec in model.outputs])
+            except detection.LayoutError as exc:
+                checked[kind] = f"{model.name}/{model.version}: {exc}"
+            else:
+                inputs = len(model.inputs)
+                checked[kind] = None if inputs == 1 else f"{model.name} takes {inputs} inputs; Frigate sends one"
+        return checked[kind]
 
     def push(self, req: Request) -> None:
         """Store a pushed model as the next version and swap to it, off the main thread."""

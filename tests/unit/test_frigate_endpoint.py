@@ -152,3 +152,47 @@ def test_a_frame_that_arrives_during_a_drain_is_refused_and_never_run(caplog):
     assert [h["error"]["code"] for _, h in daemon.replies] == ["SHUTTING_DOWN"] * 3
     assert daemon.stats.snapshot()["frigate_dropped"] == {"shutting_down": 3}
     assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.INFO  # once, then counted
+
+
+class FakeModel:
+    """The parts of a LoadedModel a frame is checked against: an SSD with a uint8 [1, 32, 32, 3] input."""
+
+    def __init__(self, version: str) -> None:
+        self.name, self.version = "detector", version
+        self.inputs = [SimpleNamespace(dtype=np.dtype("uint8"), shape=(1, 32, 32, 3))]
+        self.outputs = [SimpleNamespace(shape=s) for s in ((1, 10, 4), (1, 10), (1, 10), (1,))]
+
+
+def test_the_output_layout_is_checked_once_per_loaded_version_and_model_type(monkeypatch):
+    from edged.errors import RequestError
+    from edged.runtime import detection
+
+    checked = []
+    real = detection.check_layout
+    monkeypatch.setattr(detection, "check_layout", lambda kind, shapes: checked.append(kind) or real(kind, shapes))
+    daemon = FakeDaemon()
+    v1, v2 = FakeModel("v1"), FakeModel("v2")
+    serving = [v1]
+    daemon.models = SimpleNamespace(get=lambda name: serving[0])
+    daemon.submit_predict = lambda req: SimpleNamespace(req=req)
+    ep = FrigateEndpoint(daemon, FrigateConfig())
+
+    def frame(model_type: str = "ssd") -> None:
+        ep.detect(Request("frigate", [b"peer", b""], {"op": "frigate_detect", "shape": [1, 32, 32, 3],
+                                                      "dtype": "uint8", "model_type": model_type}, [b""], 0.0))
+
+    for _ in range(3):
+        frame()
+    assert checked == ["ssd"]
+    serving[0] = v2  # a hot swap: the new version is checked on its first frame
+    for _ in range(3):
+        frame()
+    assert checked == ["ssd", "ssd"]
+    for _ in range(2):  # a layout that does not fit is refused every time, checked once
+        with pytest.raises(RequestError, match="yolo-generic needs one output") as err:
+            frame("yologeneric")
+        assert err.value.to_wire()["frigate_reason"] == "layout"
+    assert checked == ["ssd", "ssd", "yolo-generic"]
+    assert len(ep._pending) == 6
+    del v1  # swapped out and unreferenced: the cache does not keep it alive
+    assert len(ep._layouts) == 1

@@ -17,6 +17,10 @@ from typing import Any
 import numpy as np
 import zmq
 
+#: How long Frigate waits for the reply to its hand-shake or a model push (its frames get
+#: ``request_timeout_ms``); tests of something other than latency wait this long for a frame too.
+HANDSHAKE_TIMEOUT_MS = 30_000
+
 
 def frigate_tflite_detect_raw(outputs: list[np.ndarray], thresh: float = 0.4) -> np.ndarray:
     """Frigate's ``tflite_detect_raw`` (frigate/detectors/detector_utils.py), minus the interpreter."""
@@ -71,7 +75,7 @@ class FrigateZmqClient:
     def _json_request(self, frames: list[bytes]) -> dict[str, Any] | None:
         self._socket.send_multipart(frames)
         original_timeout = self._socket.getsockopt(zmq.RCVTIMEO)
-        self._socket.setsockopt(zmq.RCVTIMEO, 30000)
+        self._socket.setsockopt(zmq.RCVTIMEO, HANDSHAKE_TIMEOUT_MS)
         try:
             response_frames = self._socket.recv_multipart()
         finally:

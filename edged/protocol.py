@@ -97,7 +97,7 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite
 def loads(raw: bytes | memoryview | str) -> Any:
     """Strict JSON: non-finite numbers (``NaN``, ``Infinity``, ``1e999``) raise :class:`RequestError`."""
     if not isinstance(raw, str):
-        raw = bytes(raw).decode("utf-8")
+        raw = (raw if isinstance(raw, bytes) else bytes(raw)).decode("utf-8")
     return _DECODER.decode(raw)
 
 
@@ -139,18 +139,19 @@ def parse_object(raw: bytes | memoryview, max_bytes: int = DEFAULT_MAX_HEADER_BY
     if len(raw) > max_bytes:
         raise RequestError(f"header is {len(raw)} bytes, limit {max_bytes}", code=ErrorCode.TOO_LARGE)
     data = bytes(raw)
-    too_deep = RequestError(f"header nests deeper than {MAX_HEADER_DEPTH} levels", code=ErrorCode.TOO_LARGE)
     try:
         header = loads(data)
     except RecursionError:
-        raise too_deep from None
+        header = None  # too deep for the decoder: answered below, like a walk that finds it
     except (UnicodeDecodeError, ValueError) as exc:
         raise RequestError(f"header is not UTF-8 JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise RequestError("header must be a JSON object")
+    else:
+        if not isinstance(header, dict):
+            raise RequestError("header must be a JSON object")
     # Only a header with enough brackets can be too deep: the walk is skipped for real ones.
-    if data.count(b"[") + data.count(b"{") > MAX_HEADER_DEPTH and _depth_over(header, MAX_HEADER_DEPTH):
-        raise too_deep
+    if header is None or (data.count(b"[") + data.count(b"{") > MAX_HEADER_DEPTH
+                          and _depth_over(header, MAX_HEADER_DEPTH)):
+        raise RequestError(f"header nests deeper than {MAX_HEADER_DEPTH} levels", code=ErrorCode.TOO_LARGE)
     return header
 
 

@@ -177,6 +177,11 @@ def as_wire_array(array: Any) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def is_dtype_name(value: Any) -> bool:
+    """Whether ``value`` names a wire dtype (a peer's list or object is simply not one)."""
+    return isinstance(value, str) and value in DTYPES
+
+
 def array_from_frame(meta: Any, frame: bytes | memoryview, index: int) -> np.ndarray:
     """Rebuild a tensor from its header entry and raw frame, without copying.
 
@@ -187,7 +192,7 @@ def array_from_frame(meta: Any, frame: bytes | memoryview, index: int) -> np.nda
     if not isinstance(meta, dict):
         raise RequestError(f"tensor {index}: descriptor must be an object")
     dtype_name = meta.get("dtype")
-    if dtype_name not in DTYPES:
+    if not is_dtype_name(dtype_name):
         raise RequestError(f"tensor {index}: dtype {dtype_name!r} not supported", code=ErrorCode.BAD_DTYPE)
     shape = meta.get("shape")
     if (

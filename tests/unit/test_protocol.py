@@ -55,6 +55,8 @@ def test_bad_headers_raise_their_code(raw, code):
     ("meta", "nbytes", "code"),
     [
         ({"dtype": "complex64", "shape": [1]}, 8, ErrorCode.BAD_DTYPE),
+        ({"dtype": ["float32"], "shape": [1]}, 4, ErrorCode.BAD_DTYPE),  # unhashable: was a TypeError
+        ({"dtype": {"a": 1}, "shape": [1]}, 4, ErrorCode.BAD_DTYPE),
         ({"dtype": "float32", "shape": "1x4"}, 16, ErrorCode.BAD_SHAPE),
         ({"dtype": "float32", "shape": [-1]}, 4, ErrorCode.BAD_SHAPE),
         ({"dtype": "float32", "shape": [True]}, 4, ErrorCode.BAD_SHAPE),

@@ -33,7 +33,7 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
         raise RequestError(f"Frigate header unreadable: {header['_error']}")
     if len(frames) != 1:
         raise RequestError(f"a frame is a header and one tensor frame, got {len(frames)} data frame(s)")
-    if not isinstance(header.get("dtype"), str) or header["dtype"] not in protocol.DTYPES:  # a list is unhashable
+    if not protocol.is_dtype_name(header.get("dtype")):
         raise RequestError(f"dtype {header.get('dtype')!r} not supported", code=ErrorCode.BAD_DTYPE)
     shape = header.get("shape")
     if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(

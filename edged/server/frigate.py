@@ -40,10 +40,11 @@ import numpy as np
 
 from edged import protocol
 from edged.config import FrigateConfig
-from edged.errors import EdgedError, ErrorCode, NotFoundError, RequestError
+from edged.errors import EdgedError, ErrorCode, NotFoundError, RequestError, RetryableError
 from edged.repository import layout
 from edged.runtime import detection
 from edged.server.dispatch import Request, dispatch, error_reply
+from edged.states import DaemonState
 
 log = logging.getLogger("edged.frigate")
 
@@ -313,6 +314,9 @@ class FrigateEndpoint:
             self.daemon.post(req, {"frigate": {"model_saved": True, "model_loaded": error is None}})
 
         def swap() -> None:  # on the main loop (expire): nothing may escape it
+            if self.daemon.state is DaemonState.DRAINING:  # stored before the stop: the next start takes it
+                swapped(None, RetryableError("daemon is shutting down", code=ErrorCode.SHUTTING_DOWN))
+                return
             try:
                 self.daemon.models.scan()
                 self.daemon.models.request("swap", name, version, reason="frigate push", done=swapped)

@@ -114,6 +114,27 @@ def test_a_second_push_while_one_is_being_validated_is_refused_at_once():
     assert frigate_push.CHANGES_VERSIONS  # and refused while the daemon drains, like swap
 
 
+def test_a_push_stored_before_a_stop_is_not_swapped_in_during_the_drain(monkeypatch, tmp_path):
+    from edged.repository import pack as pack_mod
+    from edged.states import DaemonState
+
+    daemon = FakeDaemon()
+    asked: list[str] = []
+    daemon.models = SimpleNamespace(scan=lambda: asked.append("scan"),
+                                    request=lambda *a, **kw: asked.append("swap"))
+    daemon.post = lambda req, header: daemon.replies.append((req, header))
+    monkeypatch.setattr(pack_mod, "pack", lambda *a, **kw: None)  # stored
+    ep = FrigateEndpoint(daemon, FrigateConfig(accept_pushed_models=True))
+    ep._pushing = True
+    req = Request("frigate", [b"peer", b""], {"op": "frigate_push", "model_name": "m"}, [b"TFL3"], 0.0)
+    ep._store(req, "detector", b"TFL3", tmp_path, "litert")  # the push thread: queues the swap on the main loop
+    daemon.state = DaemonState.DRAINING  # a stop begins before the main loop turns
+    ep.expire(0.0)
+    assert asked == []  # no scan, no swap during the drain
+    assert daemon.replies[-1][1] == {"frigate": {"model_saved": True, "model_loaded": False}}
+    assert ep._pushing is False  # a push after the restart is accepted again
+
+
 def test_a_message_over_max_message_bytes_is_refused_as_frigate_reads_a_refusal(caplog):
     daemon = FakeDaemon()
     ep = FrigateEndpoint(daemon, FrigateConfig())

@@ -228,14 +228,16 @@ class ModelManager:
         # holds two versions' solo interpreters at once.
         return LoadedModel.load(self.spec_for(name, version, variant=variant), pause, with_solo=not live)
 
-    def _settle(self, serving: LoadedModel, kept: LoadedModel | None = None) -> None:
-        """After a switch: the version kept for rollback gives up its solo interpreter, then the serving one gets its own.
+    def _settle(self, serving: LoadedModel, retired: LoadedModel | None) -> None:
+        """After a switch: the version that stopped serving gives up its solo interpreter, then the serving one gets its own.
 
-        Lone requests run on the pool until it is built (milliseconds).  Runs on the
-        swap thread, after the old version's last reference here is gone.
+        The retired version may live on, kept for rollback or held by queued jobs
+        (which then run on its pool), so its solo interpreter is dropped here rather
+        than left to the garbage collector.  Lone requests run on the pool until the
+        new one is built (milliseconds).  Runs on the swap thread.
         """
-        if kept is not None:
-            kept.drop_solo()
+        if retired is not None and retired is not serving:
+            retired.drop_solo()
         serving.add_solo(lambda: self.clock.sleep(LOAD_PAUSE_S))
 
     def start(self, before_load: Callable[[str], Any] | None = None) -> None:
@@ -624,9 +626,7 @@ class ModelManager:
         log.info("%s: swapped %s -> %s (%s; validated in %.0f ms); %s", name, event["previous"], version, op.reason,
                  validate_s * 1000, "the committed version, no probation" if proven else "on probation")
         self.emit(event)
-        kept = slot.previous
-        del previous
-        self._settle(new, kept)
+        self._settle(new, previous)
         return {**event, "changed": True, **self._held_reply(name)}
 
     def _hold(self, name: str, reason: str) -> None:
@@ -693,8 +693,7 @@ class ModelManager:
         log.warning("%s: rolled back %s -> %s: %s", name, bad_version, target, why)
         event = {"event": "rollback", "model": name, "version": target, "from": bad_version, "reason": why}
         self.emit(event)
-        del old
-        self._settle(new)
+        self._settle(new, old)
         if new.spec.variant != self.variant:
             self._ops.put(_Op("variant", name, reason="power"))
         return event
@@ -720,8 +719,7 @@ class ModelManager:
                  "file": new.model_file.name}
         log.info("%s/%s: now serving the %s variant (%s)", name, cur.version, self.variant, new.model_file.name)
         self.emit(event)
-        del cur
-        self._settle(new)
+        self._settle(new, cur)
         return event
 
     def _can_keep(self, model: LoadedModel | None) -> bool:

@@ -196,6 +196,27 @@ def test_live_loads_are_paced_on_the_clock_and_boot_loads_are_not(tmp_path: Path
     assert clock.monotonic() - t0 == pytest.approx(3 * LOAD_PAUSE_S)  # 1 between builds + 2 before warm-ups
 
 
+def test_after_a_switch_the_retired_version_drops_its_solo_interpreter_even_when_still_referenced(
+        tmp_path: Path, backend):
+    from edged import config as config_mod
+    from edged.repository.manager import ModelManager
+    from edged.seams import FakeClock
+    from edged.testing import tflite_build as tb
+
+    vdir = tmp_path / "m" / "v1"
+    vdir.mkdir(parents=True)
+    (vdir / "model.tflite").write_bytes(tb.random_classifier(seed=1))
+    cfg = config_mod.load(None, {"repository.path": str(tmp_path), "server.workers": 1,
+                                        "runtime.solo_threads": 2})
+    mgr = ModelManager(cfg, backend=backend, clock=FakeClock())
+    old = mgr.load("m", "v1")  # at boot: with its solo interpreter
+    new = mgr.load("m", "v1", live=True)  # while serving: the solo interpreter comes after the switch
+    assert (old.solo_threads, new.solo_threads) == (2, 0)
+    queued_job_model = old  # a queued job (or keep_previous) still holds the retired version
+    mgr._settle(new, old)
+    assert (queued_job_model.solo_threads, new.solo_threads) == (0, 2)  # one solo interpreter, the serving one's
+
+
 def test_a_starved_validation_is_retried_later_and_a_hang_is_remembered(tmp_path: Path, monkeypatch):
     from types import SimpleNamespace
 

@@ -27,6 +27,7 @@ import numpy as np
 from packaging.version import InvalidVersion, Version
 
 from edged import fsafe
+from edged.config import ServerConfig
 from edged.errors import EdgedError, ErrorCode, ModelError, RetryableError
 from edged.repository import layout
 from edged.runtime.backends import select_backend
@@ -89,12 +90,14 @@ def _load_npy(path: Path, rel: str) -> np.ndarray:
         raise ModelError(f"{rel}: not a readable .npy file ({exc})", code=ErrorCode.VALIDATION_FAILED) from None
 
 
-#: Largest golden image validation reads (the daemon's default ``server.max_image_bytes``).
-GOLDEN_IMAGE_MAX_BYTES = 16 * 1024 * 1024
+#: Golden images are held to the daemon's default image limits (``server.max_image_bytes``,
+#: ``max_image_pixels``): what validation decodes, the daemon would decode too.
+GOLDEN_IMAGE_MAX_BYTES = ServerConfig().max_image_bytes
+GOLDEN_IMAGE_MAX_PIXELS = ServerConfig().max_image_pixels
 
 
 def read_golden_image(path: Path, rel: str) -> bytes:
-    """A golden image: a regular file of the version (edged.fsafe: no link, no FIFO), at most 16 MiB."""
+    """A golden image: a regular file (edged.fsafe: no link, no FIFO) of at most ``GOLDEN_IMAGE_MAX_BYTES``."""
     try:
         return fsafe.read_bytes(path, rel, max_bytes=GOLDEN_IMAGE_MAX_BYTES)
     except FileNotFoundError:
@@ -207,7 +210,7 @@ def image_top1(model: LoadedModel, data: bytes) -> tuple[int, float]:
         raise ModelError(f"golden images need a single-input model, this one has {len(model.inputs)}",
                          code=ErrorCode.VALIDATION_FAILED)
     try:
-        x = model.image_input(data, 0, max_pixels=1 << 26)
+        x = model.image_input(data, 0, max_pixels=GOLDEN_IMAGE_MAX_PIXELS)
     except EdgedError as exc:
         raise ModelError(f"golden image: {exc.message}", code=ErrorCode.VALIDATION_FAILED) from None
     result = model.run([x])

@@ -180,12 +180,20 @@ def _golden_images(staging: Path, name: str, version: str, backend: Any, preproc
     (staging / "golden").mkdir(exist_ok=True)
     todo: list[tuple[bytes, str, str | None, str]] = []  # data, suffix, expected, where it came from
     for src, expected in given:
-        todo.append((Path(src).read_bytes(), Path(src).suffix.lower() or ".img", expected, str(src)))
+        real = Path(src).resolve()  # the operator's own file may be a link; the version's copy never is
+        try:
+            data = read_golden_image(real.parent, real.name)
+        except ModelError as exc:
+            raise ModelError(f"--golden-image {src}: {exc.message}", code=exc.code) from None
+        todo.append((data, Path(src).suffix.lower() or ".img", expected, str(src)))
     for g in inherited:
         assert base is not None
-        data = read_golden_image(staging.parent / base[0], g["file"])
-        todo.append((data, Path(g["file"]).suffix or ".img", g.get("label") or str(g["top1"]),
-                     f"{g['file']} (inherited from {base[0]}; --golden-image replaces, --no-inherit drops them)"))
+        where = f"{g['file']} (inherited from {base[0]}; --golden-image replaces, --no-inherit drops them)"
+        try:
+            data = read_golden_image(staging.parent / base[0], g["file"])
+        except ModelError as exc:
+            raise ModelError(f"{base[0]}/{exc.message}; {where}", code=exc.code) from None
+        todo.append((data, Path(g["file"]).suffix or ".img", g.get("label") or str(g["top1"]), where))
     out = []
     for i, (data, suffix, expected, where) in enumerate(todo):
         top1, score = image_top1(model, data)

@@ -363,3 +363,24 @@ def test_repacking_keeps_preprocessing_and_golden_images_catch_a_wrong_one(daemo
     (repo / "digits/v2" / rel).symlink_to(png)
     r = edged("validate", str(repo / "digits/v2"))
     assert r.returncode == 6 and "golden/image0.png: is a symlink" in r.stderr, r.stderr
+
+
+def test_pack_reads_a_given_golden_image_within_the_daemons_limits_and_never_from_a_fifo(repo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    v1 = repo / "digits/v1"
+    fifo = tmp_path / "camera.png"
+    os.mkfifo(fifo)  # read with a plain open, pack would wait here for ever
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (16 * 1024 * 1024))  # over server.max_image_bytes
+    for image, why in ((fifo, "not a regular file (a FIFO)"), (big, "over 16777216 bytes")):
+        r = subprocess.run([sys.executable, "-m", "edged", "pack", str(v1 / "model.tflite"), "--name", "digits",
+                            "--version", "v9", "--repo", str(repo), "--labels", str(v1 / "labels.txt"),
+                            "--golden-image", f"{image}=1"],
+                           capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+        assert r.returncode != 0 and f"--golden-image {image}" in r.stderr and why in r.stderr, r.stderr
+        assert not (repo / "digits/v9").exists()

@@ -31,7 +31,7 @@ Usage::
     python scripts/bench.py [--quick] [--out FILE.json] [--runtime auto] [--workers 2]
 
 Every loop is bounded in count and time; only ipc:// and 127.0.0.1 traffic.
-Internal roles (``--role echo|client|bare|swaploop``) are this script run as a
+Internal roles (``--role echo|floor|client|bare|swaploop``) are this script run as a
 subprocess by itself.
 """
 
@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -51,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,15 +178,21 @@ def role_floor(args: dict[str, Any]) -> int:
 @contextlib.contextmanager
 def floor_servers(endpoints: Sequence[str], threads: int, model: Path, runtime: str,
                   env: dict[str, str]) -> Iterator[None]:
-    """One floor server (``role_floor``) per endpoint, each with ``threads`` interpreter threads; killed on exit."""
-    procs = [spawn_role("floor", {"endpoint": ep, "model": str(model), "runtime": runtime, "threads": threads},
-                        env, stdout=subprocess.PIPE) for ep in endpoints]
+    """One floor server (``role_floor``) per endpoint, each with ``threads`` interpreter threads.
+
+    Raises if one did not start, or exited before the block ended (its clients'
+    timeouts would otherwise read as a slow floor); killed on exit.
+    """
+    procs = [spawn_role("floor", {"endpoint": ep, "model": str(model), "runtime": runtime, "threads": threads,
+                                  "max_s": 3600}, env, stdout=subprocess.PIPE) for ep in endpoints]
     try:
         for p in procs:
             assert p.stdout is not None
             if p.stdout.readline().strip() != b"ready":
                 raise RuntimeError("a floor server did not start")
         yield
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a floor server exited during the measurement")
     finally:
         for p in procs:
             p.kill()
@@ -281,9 +289,11 @@ ROLES = {"echo": role_echo, "floor": role_floor, "client": role_client, "swaploo
          "bare": role_bare}
 
 
-def spawn_role(role: str, args: dict[str, Any], env: dict[str, str], **kw: Any) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--role", role, json.dumps(args)],
-                            env=env, cwd=str(ROOT), **kw)
+def spawn_role(role: str, args: dict[str, Any], env: dict[str, str], script: Path | None = None,
+               **kw: Any) -> subprocess.Popen:
+    """``script`` (this one by default) run as ``--role role`` in a subprocess."""
+    return subprocess.Popen([sys.executable, str(script or Path(__file__).resolve()), "--role", role,
+                             json.dumps(args)], env=env, cwd=str(ROOT), **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +519,8 @@ def latency_rounds(by_threads: dict[int, Any], endpoints: dict[str, str], rounds
     The paths are in-process at each thread count (``LoadedModel.run()``: set +
     invoke + get) and each endpoint (floor and daemon, ipc and TCP) through
     ``edged.client``.  Within a round they take turns request by request: step *j*
-    sends one request down every path, starting at path ``j mod paths``.  A slow
+    sends one request down every path, in a fresh (seeded) random order, so no
+    path always follows the same one and inherits its cache state.  A slow
     patch of this shared box (another tenant, a frequency change) then falls on
     every path alike, where blocks of requests per path let it fall on one: the
     c=1 verdicts compare p50s a few hundred µs apart, less than such a patch moves
@@ -519,23 +530,28 @@ def latency_rounds(by_threads: dict[int, Any], endpoints: dict[str, str], rounds
     from edged.client import Client
 
     x = bench_input()
-    paths: list[tuple[str, Any, bool]] = [(f"inprocess_t{t}", m, False) for t, m in sorted(by_threads.items())]
-    paths += [(label, Client(ep, timeout=10.0), True) for label, ep in endpoints.items()]
+    clients = {label: Client(ep, timeout=10.0) for label, ep in endpoints.items()}
+    # (label, one request down the path, whether it is served: a reply with the daemon's timing)
+    paths: list[tuple[str, Callable[[], Any], bool]] = [
+        (f"inprocess_t{t}", functools.partial(m.run, [x]), False) for t, m in sorted(by_threads.items())]
+    paths += [(label, functools.partial(c.predict, x), True) for label, c in clients.items()]
     series = {label: Series() for label, _, _ in paths}
     load: list[float] = []
+    rng = random.Random(0)
     try:
         for _ in range(rounds):
             load.append(round(os.getloadavg()[0], 2))
-            for _label, obj, served in paths:  # re-warm each path
+            for _label, call, _served in paths:  # re-warm each path
                 for _ in range(10):
-                    obj.predict(x) if served else obj.run([x])
+                    call()
             lat: dict[str, list[float]] = {label: [] for label, _, _ in paths}
             limit = time.monotonic() + limit_s
-            for j in range(n):
-                k = j % len(paths)
-                for label, obj, served in paths[k:] + paths[:k]:
+            order = paths[:]
+            for _ in range(n):
+                rng.shuffle(order)
+                for label, call, served in order:
                     t0 = time.perf_counter()
-                    r = obj.predict(x) if served else obj.run([x])
+                    r = call()
                     lat[label].append(time.perf_counter() - t0)
                     if served and r.timing:  # a daemon: its own split of the time, and the threads that ran it
                         s = series[label]
@@ -549,9 +565,8 @@ def latency_rounds(by_threads: dict[int, Any], endpoints: dict[str, str], rounds
             for label, samples in lat.items():
                 series[label].add_round(samples)
     finally:
-        for _label, obj, served in paths:
-            if served:
-                obj.close()
+        for c in clients.values():
+            c.close()
     out: dict[str, Any] = {"rounds": rounds, "n_per_round": n, "loadavg_per_round": load,
                            "inprocess": {str(t): series[f"inprocess_t{t}"].summary()["client"]
                                          | {"round_p50_ms": series[f"inprocess_t{t}"].round_p50_ms}
@@ -802,7 +817,7 @@ def build_checks(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"{p50_ratio}", "–", None)
         add(f"c=1 {label}: edged p99 ≤ 1.5 × floor p99", f"{ed['p99_ms'] / fl['p99_ms']:.2f}× ({ed['p99_ms']:.3f} / "
             f"{fl['p99_ms']:.3f} ms)", "≤ 1.5×", ed["p99_ms"] <= 1.5 * fl["p99_ms"])
-    floor = ip["run"]["p50_ms"]
+    floor = r["latency"]["inprocess"]["1"]["p50_ms"]  # the same rounds, taking turns like edged
     for label, run in (("ipc", ipc), ("tcp", tcp)):
         over = run["latency"]["client"]["p50_ms"] - floor
         run["overhead_p50_ms"] = round(over, 4)
@@ -820,16 +835,15 @@ def build_checks(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"{100 * frac:.1f}% ({c4['rps']:.1f} / {ip['throughput_rps']:.1f} /s)", "≥ 90%", frac >= 0.9)
     ratios = [p["ratio"] for p in ipc["c4_pairs"]]
     med = float(np.median(ratios))
-    add("throughput c=4 ipc / in-process, window pairs side by side", f"median {100 * med:.1f}% "
+    add("throughput c=4 ipc / in-process, same rounds", f"median {100 * med:.1f}% "
         f"{[round(100 * x, 1) for x in ratios]}", "≥ 90%", med >= 0.9)
-    if "served_floor" in r:
-        fr = [p["floor_ratio"] for p in ipc["c4_pairs"]]
-        add("  floor: served floor c=4 / in-process, same rounds", f"median {100 * float(np.median(fr)):.1f}% "
-            f"{[round(100 * x, 1) for x in fr]}", "(what any server gets)", None)
-        eo = [p["edged_over_floor"] for p in ipc["c4_pairs"]]
-        med = float(np.median(eo))
-        add("throughput c=4 ipc / served floor, same rounds", f"median {100 * med:.1f}% "
-            f"{[round(100 * x, 1) for x in eo]}", "≥ 90% (of the floor)", med >= 0.9)
+    fr = [p["floor_ratio"] for p in ipc["c4_pairs"]]
+    add("  floor: served floor c=4 / in-process, same rounds", f"median {100 * float(np.median(fr)):.1f}% "
+        f"{[round(100 * x, 1) for x in fr]}", "(what any server gets)", None)
+    eo = [p["edged_over_floor"] for p in ipc["c4_pairs"]]
+    med = float(np.median(eo))
+    add("throughput c=4 ipc / served floor, same rounds", f"median {100 * med:.1f}% "
+        f"{[round(100 * x, 1) for x in eo]}", "≥ 90% (of the floor)", med >= 0.9)
     idle = r["idle_cpu"]
     add(f"idle CPU over {idle['seconds']:.0f} s", f"{idle['pct_core']:.3f}% of a core ({idle['cpu_s'] * 1000:.1f} ms, "
         f"{idle['method']})", "≤ 0.1%", idle["pct_core"] <= 0.1)
@@ -908,10 +922,9 @@ def print_report(r: dict[str, Any]) -> None:
     lines += ["", f"{'throughput (req/s)':44} {'c=1':>9} {'c=2':>9} {'c=4':>9}",
               f"{'in-process, ' + str(ip['throughput_threads']) + ' threads × own 1-thread interp.':44} "
               f"{'':9} {ip['throughput_rps']:9.1f}   best of windows {ip['throughput_windows_rps']}"]
-    if "served_floor" in r:
-        t = {x["concurrency"]: x for x in r["served_floor"]["throughput"]}
-        lines.append(f"{'served floor: ' + str(r['served_floor']['servers']) + ' × 1-thread floor servers':44} "
-                     + " ".join(f"{t[c]['rps']:9.1f}" for c in (1, 2, 4)))
+    t = {x["concurrency"]: x for x in r["served_floor"]["throughput"]}
+    lines.append(f"{'served floor: ' + str(r['served_floor']['servers']) + ' × 1-thread floor servers':44} "
+                 + " ".join(f"{t[c]['rps']:9.1f}" for c in (1, 2, 4)))
     for label in ("ipc", "tcp"):
         t = {x["concurrency"]: x for x in r[f"edged_{label}"]["throughput"]}
         lines.append(f"{'edged ' + label + ' (client processes)':44} " + " ".join(
@@ -1076,7 +1089,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tcp_dir = private_copy(repo, workdir / "tcp")
         dt = start_daemon(daemons, tcp_dir / "models", tcp_ep, f"ipc://{tcp_dir}/c.sock", workdir, args.runtime,
                           args.workers, env, "tcp")
-        floor_threads = solo if solo > 1 else 1
+        floor_threads = solo  # derive_parallelism leaves it ≥ 1
         floor_eps = {"floor_ipc": f"ipc://{workdir}/floor.sock", "floor_tcp": f"tcp://127.0.0.1:{free_port()}"}
         with floor_servers(list(floor_eps.values()), floor_threads, vdir / "model.tflite", args.runtime, env):
             log(f"latency: {rounds} rounds of in-process 1..{cores} threads, floor and edged over ipc and tcp")
@@ -1114,10 +1127,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["served_floor"] = {"servers": workers, "throughput": served_floor}
             log(f"c=4 side by side: {rounds} rounds of in-process, served floor and edged ipc windows")
             pairs = []
-            for _ in range(rounds):
+            for i in range(rounds):
                 inproc = inprocess_throughput(result["inprocess"]["_model"], workers, tput_s)
-                fl_rps = throughput(pool_eps, env, 4, tput_s)["rps"]
-                served = throughput(ipc_ep, env, 4, tput_s)["rps"]
+                # The served floor and edged take turns at following the in-process window.
+                order = [("floor", pool_eps), ("edged", ipc_ep)]
+                got = {name: throughput(ep, env, 4, tput_s) for name, ep in (order if i % 2 == 0 else order[::-1])}
+                if any(t["errors"] for t in got.values()):  # timeouts would read as a slow server
+                    failed = {k: t["errors"] for k, t in got.items()}
+                    raise RuntimeError(f"c=4 side by side: failed requests {failed}")
+                fl_rps, served = got["floor"]["rps"], got["edged"]["rps"]
                 pairs.append({"inprocess_rps": inproc, "served_floor_c4_rps": fl_rps, "edged_ipc_c4_rps": served,
                               "ratio": round(served / inproc, 3), "floor_ratio": round(fl_rps / inproc, 3),
                               "edged_over_floor": round(served / fl_rps, 3)})

@@ -133,10 +133,8 @@ def scenario(workdir: Path, daemons: list, repo: Path, env: dict[str, str], args
             # The flooder's own deadline only bounds an orphan: it lies past the polite client's, so a slow
             # polite run is never measured partly without a flood; the finally below kills it.
             stop_at = time.monotonic() + 3.0 + POLITE_LIMIT_S + 60
-            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--role", "flood",
-                                     json.dumps({"endpoint": d.endpoint, "inflight": args.inflight,
-                                                 "stop_at": stop_at})],
-                                    env=env, cwd=str(bench.ROOT), stdout=subprocess.PIPE)
+            proc = bench.spawn_role("flood", {"endpoint": d.endpoint, "inflight": args.inflight, "stop_at": stop_at},
+                                    env, script=Path(__file__).resolve(), stdout=subprocess.PIPE)
             time.sleep(3.0)  # the flood is established (imports, first replies) before measuring
             check_flooder(proc, "before the measured window")
         result = {"share": share, "flood": flood, "polite": polite(d.endpoint, n, args.interval_ms / 1000)}

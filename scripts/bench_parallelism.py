@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--n", type=int, default=300, help="sequential requests per path per round")
+    p.add_argument("--n", type=int, default=300, help="turns per round (one request down every path each)")
     p.add_argument("--window", type=float, default=5.0, help="throughput window, seconds")
     p.add_argument("--runtime", default="auto")
     p.add_argument("--only", nargs="*", help="settings to run (default: all)")
@@ -67,14 +66,8 @@ def main() -> int:
             bench.start_daemon(daemons, sub / "models", ep, f"ipc://{sub}/c.sock", sub, args.runtime, None, env, name)
             eps[name] = ep
         floor_ep = f"ipc://{workdir}/floor.sock"
-        floor = bench.spawn_role("floor", {"endpoint": floor_ep, "model": str(vdir / "model.tflite"),
-                                           "runtime": args.runtime, "threads": 2}, env, stdout=subprocess.PIPE)
-        try:
-            assert floor.stdout is not None and floor.stdout.readline().strip() == b"ready"
+        with bench.floor_servers([floor_ep], 2, vdir / "model.tflite", args.runtime, env):
             lat = bench.latency_rounds({}, {"floor": floor_ep, **eps}, args.rounds, args.n)
-        finally:
-            floor.kill()
-            floor.wait(10)
         out["latency"] = {k: {"p50": v["client"]["p50_ms"], "p99": v["client"]["p99_ms"],
                               "round_p50": v["round_p50_ms"], "threads": v.get("threads")}
                           for k, v in lat.items() if isinstance(v, dict) and "client" in v}

@@ -136,8 +136,8 @@ ROLES = {"overload": role_overload}
 
 
 def spawn_role(role: str, args: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--role", role, json.dumps(args)],
-                            env=env, cwd=str(bench.ROOT), stdout=subprocess.PIPE)
+    """This script run as ``--role role`` (bench.spawn_role), its stdout piped."""
+    return bench.spawn_role(role, args, env, script=Path(__file__).resolve(), stdout=subprocess.PIPE)
 
 
 # ---------------------------------------------------------------------------------------------

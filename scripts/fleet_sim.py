@@ -212,6 +212,8 @@ def main() -> int:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--scenarios", default="idle,rollout,bad", help="comma-separated subset of idle,rollout,bad")
     args = ap.parse_args()
+    if "idle" in args.scenarios.split(",") and args.hours * 3600 <= INTERVAL_S:
+        ap.error(f"--hours must be more than {INTERVAL_S / 3600:g}: the idle devices check once per hour")
     scenarios = set(args.scenarios.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="edged-fleet-sim-", dir="/tmp"))
     reg, keys = tmp / "reg", tmp / "keys"

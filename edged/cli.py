@@ -438,6 +438,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
@@ -445,6 +446,33 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
     return value
+
+
+#: Longest --timeout: a week (a wait for an event may be long; an infinite one is --follow).
+MAX_TIMEOUT_S = 7 * 86400.0
+
+
+def _seconds(text: str) -> float:
+    """argparse type for --timeout (and $EDGED_TIMEOUT): finite seconds, more than 0, at most a week."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_TIMEOUT_S:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_TIMEOUT_S:g} seconds")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    """argparse type for --deadline-ms: finite and not negative (0 = already due)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 <= value <= MAX_TIMEOUT_S * 1000:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_TIMEOUT_S * 1000:g} ms")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edged", description="On-device TFLite inference daemon.")
@@ -456,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--control-endpoint", default=None, help="default $EDGED_CONTROL_ENDPOINT or the runtime dir")
         else:
             sp.add_argument("--endpoint", default=None, help="default $EDGED_ENDPOINT or the runtime dir")
-        sp.add_argument("--timeout", type=float, default=float(os.environ.get("EDGED_TIMEOUT", "10")))
+        sp.add_argument("--timeout", type=_seconds, default=os.environ.get("EDGED_TIMEOUT", "10"))
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         curve_opts(sp, None)
 
@@ -489,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None)
     s.add_argument("--top", type=int, default=5, help="top-k labels for classifiers (0: raw outputs)")
     s.add_argument("--priority", choices=["low", "normal", "high"], default=None)
-    s.add_argument("--deadline-ms", type=float, default=None)
+    s.add_argument("--deadline-ms", type=_milliseconds, default=None)
     s.add_argument("--wait", action="store_true",
                    help="over the power profile's rate limit, wait in the daemon's queue instead of THROTTLED")
     s.add_argument("file")
@@ -563,13 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
     def ctl_opts(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--control-endpoint", default=argparse.SUPPRESS,
                         help="default $EDGED_CONTROL_ENDPOINT or the runtime dir")
-        sp.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds (default 60)")
+        sp.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS, help="seconds (default 60)")
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
         curve_opts(sp, argparse.SUPPRESS)
         return sp
 
     s = ctl_opts(sub.add_parser("ctl", help="control the running daemon"))
-    s.set_defaults(json=False, timeout=float(os.environ.get("EDGED_TIMEOUT", "60")), control_endpoint=None,
+    # A string default goes through the option's type (_seconds) like a given value.
+    s.set_defaults(json=False, timeout=os.environ.get("EDGED_TIMEOUT", "60"), control_endpoint=None,
                    server_key=os.environ.get("EDGED_SERVER_KEY"), client_key=os.environ.get("EDGED_CLIENT_KEY"))
     ctl = s.add_subparsers(dest="ctl", required=True)
     ctl_opts(ctl.add_parser("status", help="state, models, versions, profile"))

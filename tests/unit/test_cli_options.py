@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edged.cli import build_parser
+from edged.cli import build_parser, main
 
 SUBCOMMANDS = [["status"], ["stats"], ["reload"], ["quit"], ["versions"], ["swap", "v2"], ["pin", "v2"],
                ["unmark", "v2"], ["power"], ["rollback"], ["unpin"]]
@@ -37,3 +37,26 @@ def test_ctl_events_count_must_be_a_positive_whole_number(count, capsys):
         build_parser().parse_args(["ctl", "events", "--count", count])
     assert exit_.value.code == 2 and "--count" in capsys.readouterr().err
     assert build_parser().parse_args(["ctl", "events", "--count", "2"]).count == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["ctl", "status", "--timeout", "inf"], ["ctl", "--timeout", "nan", "status"], ["health", "--timeout", "-1"],
+    ["ctl", "events", "--timeout", "1e300"], ["predict", "--deadline-ms", "nan", "x.npy"],
+    ["predict", "--deadline-ms", "-5", "x.npy"],
+])
+def test_timeouts_and_deadlines_must_be_finite_and_in_range(argv, capsys):
+    # inf and 1e300 ended in an OverflowError traceback, nan in "within nans", -1 waited for ever.
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and ("--timeout" in err or "--deadline-ms" in err) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["ctl", "status"], ["health"]])
+def test_a_bad_edged_timeout_is_a_usage_error_not_a_traceback(argv, monkeypatch, capsys):
+    monkeypatch.setenv("EDGED_TIMEOUT", "abc")
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "'abc' is not a number of seconds" in capsys.readouterr().err
+    monkeypatch.setenv("EDGED_TIMEOUT", "2.5")
+    assert build_parser().parse_args(argv).timeout == 2.5

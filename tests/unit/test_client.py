@@ -152,6 +152,8 @@ def test_default_events_endpoint_is_beside_the_control_socket(tmp_path, monkeypa
     for var in ("EDGED_EVENTS_ENDPOINT", "EDGED_CONTROL_ENDPOINT", "RUNTIME_DIRECTORY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    (tmp_path / "xdg/edged").mkdir(parents=True)
+    (tmp_path / "xdg/edged/control.sock").touch()  # the user's own daemon: wins over a system one in /run/edged
     assert default_events_endpoint() == f"ipc://{tmp_path}/xdg/edged/events.sock"  # beside the default control
     assert default_events_endpoint("ipc:///srv/edged/c.sock") == "ipc:///srv/edged/events.sock"
     monkeypatch.setenv("EDGED_CONTROL_ENDPOINT", "ipc:///elsewhere/control.sock")

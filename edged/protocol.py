@@ -142,17 +142,19 @@ def parse_object(raw: bytes | memoryview, max_bytes: int = DEFAULT_MAX_HEADER_BY
     try:
         header = loads(data)
     except RecursionError:
-        header = None  # too deep for the decoder: answered below, like a walk that finds it
+        raise _too_deep() from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise RequestError(f"header is not UTF-8 JSON: {exc}") from None
-    else:
-        if not isinstance(header, dict):
-            raise RequestError("header must be a JSON object")
+    if not isinstance(header, dict):
+        raise RequestError("header must be a JSON object")
     # Only a header with enough brackets can be too deep: the walk is skipped for real ones.
-    if header is None or (data.count(b"[") + data.count(b"{") > MAX_HEADER_DEPTH
-                          and _depth_over(header, MAX_HEADER_DEPTH)):
-        raise RequestError(f"header nests deeper than {MAX_HEADER_DEPTH} levels", code=ErrorCode.TOO_LARGE)
+    if data.count(b"[") + data.count(b"{") > MAX_HEADER_DEPTH and _depth_over(header, MAX_HEADER_DEPTH):
+        raise _too_deep()
     return header
+
+
+def _too_deep() -> RequestError:
+    return RequestError(f"header nests deeper than {MAX_HEADER_DEPTH} levels", code=ErrorCode.TOO_LARGE)
 
 
 def tensor_meta(array: np.ndarray, name: str | None = None) -> dict[str, Any]:

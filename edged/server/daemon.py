@@ -99,7 +99,8 @@ _STOP_MARGIN_S = 3 * _JOIN_S + 5.0
 #: The GIL switch interval while serving (CPython's default is 5 ms).  A worker or the
 #: swap thread running Python keeps the GIL that long before the main loop, woken by a
 #: request or a reply, gets it; 0.5 ms bounds that wait.  At concurrency 4 it gave 3-6 %
-#: more requests per second (median of 10 alternating windows; docs/benchmarks.md).
+#: more requests per second in alternating A/B windows (7 of 10), within the host's noise
+#: but in one direction; no change at c=1 or in swaps (docs/benchmarks.md, round 3).
 _GIL_SWITCH_S = 0.0005
 
 
@@ -782,8 +783,8 @@ class Daemon:
         that would run solo anyway runs right here: nothing else taken, queued or
         waiting on the socket (requests that pile up go to the workers and run side
         by side), a quick model (its last ``invoke()`` within
-        ``server.inline_max_ms``, so control requests and timers wait at most that
-        long), tensors only (an image's decoding time is the client's to choose, up
+        ``server.inline_max_ms``, so control requests and timers wait about that long
+        at most: the last invoke() is a guide, not a bound), tensors only (an image's decoding time is the client's to choose, up
         to ``max_image_pixels``), and no power pacing that could make the main loop sleep.
         """
         limit_us = self.config.server.inline_max_ms * 1000

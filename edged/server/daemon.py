@@ -564,11 +564,7 @@ class Daemon:
         except EdgedError as exc:
             self._send(endpoint, envelope, protocol.dumps(error_reply(None, None, exc)), [])
             return
-        req = Request(endpoint, envelope, header, body[1:], received)
-        if self.state is DaemonState.DRAINING and endpoint == "predict":
-            self.reply(req, error_reply(req.id, req.op, RetryableError("daemon is shutting down")))
-            return
-        dispatch(self, req)
+        dispatch(self, Request(endpoint, envelope, header, body[1:], received))
 
     def reply(self, req: Request, header: dict[str, Any], arrays: list[Any] | None = None) -> None:
         """Send a reply from the main thread."""

@@ -9,6 +9,7 @@ message sent is generic so no internals leak to clients).
 from __future__ import annotations
 
 import logging
+from types import ModuleType
 from typing import Any
 
 from edged import protocol
@@ -52,6 +53,19 @@ def encode_reply(header: dict[str, Any]) -> bytes:
         return protocol.dumps(error_reply(_json_safe(header.get("id")), _json_safe(header.get("op")), exc))
 
 
+def _refused_while_draining(command: ModuleType, endpoint: str) -> bool:
+    """Whether a drain refuses ``command`` on ``endpoint``, with the code clients already retry on.
+
+    A swap started now would be cut off by the exit (or hold it up), and a run started
+    now could be on a version the exit tears down.  The predict socket takes nothing at
+    all: a ``health`` answered there would tell an application that a daemon which no
+    longer takes its predicts can serve.  Control and Frigate calls that neither run a
+    model nor change versions are still answered (status, quit, Frigate's handshake).
+    """
+    return (endpoint == "predict" or getattr(command, "RUNS_MODEL", False)
+            or getattr(command, "CHANGES_VERSIONS", False))
+
+
 def dispatch(daemon: DaemonAPI, req: Request) -> None:
     """Run the command named by ``req.op``; any failure is answered as an error reply."""
     try:
@@ -60,11 +74,7 @@ def dispatch(daemon: DaemonAPI, req: Request) -> None:
             where = "" if command is None else f" on the {req.endpoint} endpoint"
             raise RequestError(f"unknown op {req.op!r}{where}", code=ErrorCode.UNKNOWN_OP)
         command.validate(req.header, req.frames)
-        if daemon.state is DaemonState.DRAINING and (getattr(command, "CHANGES_VERSIONS", False)
-                                                      or getattr(command, "RUNS_MODEL", False)):
-            # A swap started now would be cut off by the exit (or hold it up), and a run
-            # started now could be on a version the exit tears down; refuse it with the
-            # code clients already retry on.
+        if daemon.state is DaemonState.DRAINING and _refused_while_draining(command, req.endpoint):
             raise RetryableError(f"daemon is shutting down; {req.op} refused", code=ErrorCode.SHUTTING_DOWN)
         result = command.execute(daemon, req)
     except Exception as exc:

@@ -4,7 +4,8 @@ Each module's docstring is its manual: the request and reply fields and the CLI
 form.  ``execute`` returns the reply header (a dict, ``ok`` is added by the
 daemon) or None when the reply will be sent later (predict, swap).  A module
 that sets ``CHANGES_VERSIONS`` or ``RUNS_MODEL`` is refused with
-``SHUTTING_DOWN`` by dispatch while the daemon drains.
+``SHUTTING_DOWN`` by dispatch while the daemon drains, as is every command on the
+predict socket.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from edged.server.commands._checks import optional_number, optional_str
 
 NAME = "predict"
 ENDPOINTS = frozenset({"predict"})
+RUNS_MODEL = True  # refused while the daemon drains (dispatch)
 
 
 def validate(header: dict[str, Any], frames: list[Any]) -> None:

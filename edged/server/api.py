@@ -70,9 +70,9 @@ class DaemonAPI(Protocol):
     def run_repository_op(self, req: Request, kind: str, **kw: Any) -> None:
         """Queue a swap/rollback/pin; the reply is posted when it finishes."""
 
-    def submit_predict(self, req: Request, *, inline: bool = False) -> None:
+    def submit_predict(self, req: Request) -> None:
         """Admit a predict (power governor, queue); raises Throttled when refused.
 
-        ``inline``: the caller is the main loop, which may run a lone request itself
+        Called on the main loop, which may run a lone request itself
         (``server.inline_max_ms``) instead of handing it to a worker.
         """

@@ -694,7 +694,7 @@ class Daemon:
 
     # -- predict -----------------------------------------------------------------------------
 
-    def submit_predict(self, req: Request, *, inline: bool = False) -> Job:
+    def submit_predict(self, req: Request) -> Job:
         h = req.header
         model = self.models.get(h.get("model"))
         priority = h.get("priority", "normal")
@@ -716,7 +716,7 @@ class Daemon:
         deadline = req.received + h["deadline_ms"] / 1000.0 if h.get("deadline_ms") is not None else None
         req.extra["model"] = model
         job = Job(req, model, deadline, int(h.get("top_k", 0)), priority, wait)
-        if inline and self._may_run_inline(job):
+        if self._may_run_inline(job):
             self._run_inline(job)
             return job
         try:
@@ -780,8 +780,13 @@ class Daemon:
         waiting on the socket (requests that pile up go to the workers and run side
         by side), a quick model (its last ``invoke()`` within
         ``server.inline_max_ms``, so control requests and timers wait about that long
-        at most: the last invoke() is a guide, not a bound), tensors only (an image's decoding time is the client's to choose, up
-        to ``max_image_pixels``), and no power pacing that could make the main loop sleep.
+        at most: the last invoke() is a guide, not a bound), tensors only (an image's
+        decoding time is the client's to choose, up to ``max_image_pixels``), and no
+        power pacing that could make the main loop sleep.
+
+        Only a request from the predict socket: a Frigate frame is answered by whoever
+        claims it first, its worker or the main loop's budget expiry, so it always goes
+        to a worker.  This is the one list of conditions; callers just submit.
         """
         limit_us = self.config.server.inline_max_ms * 1000
         recent = job.model.recent_invoke_us

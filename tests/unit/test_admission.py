@@ -1,34 +1,43 @@
-"""A predict's way into the queue on a real Daemon in process: governor first, then the scheduler.
+"""A predict's way into the queue on a real Daemon in process: governor first, then the scheduler,
+unless the main loop runs it itself.
 
-Workers are held back (concurrency bound 0), so the queue only changes when the test
-submits: what is full, who is pushed out and what each refusal says are exact.
+Where the queue is judged, workers are held back (concurrency bound 0), so the queue only
+changes when the test submits: what is full, who is pushed out and what each refusal says are exact.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import zmq
 
 from edged import config as config_mod
+from edged import protocol
 from edged.errors import Throttled
 from edged.seams import FakeClock
 from edged.server.api import Request
-from edged.server.daemon import Daemon
+from edged.server.daemon import Daemon, Job
 from tests.conftest import runtime_choice
 
 
-@pytest.fixture
-def held(repo, sockdir):
-    """A started Daemon (one worker, a queue of 4, power off: profile performance) whose worker takes nothing."""
+def started(repo, sockdir, **overrides: Any) -> Daemon:
+    """A started Daemon: one worker, a queue of 4, power off (profile performance)."""
     cfg = config_mod.load(None, {"server.endpoint": f"ipc://{sockdir}/p.sock",
                                  "server.control_endpoint": f"ipc://{sockdir}/c.sock",
                                  "server.workers": 1, "server.queue_size": 4, "power.enabled": False,
                                  "repository.path": str(repo), "repository.watch": False,
-                                 "runtime.backend": runtime_choice()})
+                                 "runtime.backend": runtime_choice(), **overrides})
     d = Daemon(cfg, clock=FakeClock())
     d.startup()
+    return d
+
+
+@pytest.fixture
+def held(repo, sockdir):
+    """A started Daemon whose worker takes nothing."""
+    d = started(repo, sockdir)
     d.scheduler.set_max_active(0)
     yield d
     d.scheduler.drain()
@@ -78,3 +87,25 @@ def test_the_governor_judges_the_queue_a_push_out_would_leave_and_sheds_what_fin
     assert [r.id for r in replies] == ["a2"] and d.scheduler.depth() == 4
     assert d.power.governor.counters()["shed"] == 1  # the refusal, counted where the power status shows it
     assert d.stats_snapshot()["models"][0]["shed"] == 2  # the refusal and the push-out
+
+
+@pytest.mark.runtime
+def test_a_lone_quick_predict_runs_on_the_main_loop_whoever_submits_it_and_a_frigate_frame_never(repo, sockdir,
+                                                                                                  monkeypatch):
+    d = started(repo, sockdir, **{"runtime.num_threads": 1, "runtime.solo_threads": 2})
+    try:
+        replies: list[dict[str, Any]] = []
+        monkeypatch.setattr(d, "reply", lambda req, header, arrays=None: replies.append(header))
+        model = d.models.get(None)
+        model.recent_invoke_us.append(100)  # its last invoke() took 0.1 ms: within server.inline_max_ms
+        x = np.zeros((1, 8, 8, 1), np.float32)
+        header = {"v": 1, "id": "p", "op": "predict", "inputs": [protocol.tensor_meta(x)]}
+        d.submit_predict(Request("predict", [zmq.Frame(b"A")], header, [zmq.Frame(x.tobytes())], d.clock.monotonic()))
+        assert d.inline_runs == 1 and [r.get("version") for r in replies] == [model.version], replies
+        assert d.scheduler.idle(), "run and done, never queued"
+        # Everything else the same, a frame from the Frigate socket stays off the main loop: its
+        # worker or the budget expiry answers it, whichever claims it first.
+        frame = Request("frigate", [zmq.Frame(b"F")], dict(header), [zmq.Frame(x.tobytes())], d.clock.monotonic())
+        assert not d._may_run_inline(Job(frame, model, None, 0, "normal", wait=False))
+    finally:
+        d.shutdown()

@@ -30,7 +30,7 @@ class FakeDaemon:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "state": self.state.value}
 
-    def submit_predict(self, req: Request, *, inline: bool = False) -> None:
+    def submit_predict(self, req: Request) -> None:
         pytest.fail("a predict was admitted during the drain")
 
     def run_repository_op(self, req: Request, kind: str, **kw: Any) -> None:
@@ -70,7 +70,7 @@ def test_a_malformed_request_is_told_what_is_wrong_even_during_a_drain():
 def test_a_running_daemon_admits_the_predict():
     admitted = []
     daemon = FakeDaemon(DaemonState.RUNNING)
-    daemon.submit_predict = lambda req, **kw: admitted.append(req.id)  # type: ignore[method-assign]
+    daemon.submit_predict = lambda req: admitted.append(req.id)  # type: ignore[method-assign]
     dispatch(daemon, Request("predict", [b"peer"], {"v": 1, "id": 7, **PREDICT}, [b"\0" * 4], 0.0))
     assert admitted == [7] and daemon.replies == []
 
@@ -80,7 +80,7 @@ def test_the_daemons_read_path_refuses_a_predict_during_a_drain_through_dispatch
     try:
         replies: list[dict[str, Any]] = []
         monkeypatch.setattr(d, "reply", lambda req, header, arrays=None: replies.append(header))
-        monkeypatch.setattr(d, "submit_predict", lambda req, **kw: pytest.fail("admitted during the drain"))
+        monkeypatch.setattr(d, "submit_predict", lambda req: pytest.fail("admitted during the drain"))
         d.state = DaemonState.DRAINING
         header = json.dumps({"v": 1, "id": 7, **PREDICT}).encode()
         d._handle("predict", [zmq.Frame(b"peer"), zmq.Frame(header), zmq.Frame(b"\0" * 4)])

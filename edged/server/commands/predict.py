@@ -55,5 +55,5 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
 
 
 def execute(daemon: DaemonAPI, req: Request) -> None:
-    daemon.submit_predict(req, inline=True)
+    daemon.submit_predict(req)
     return None

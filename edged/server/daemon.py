@@ -776,9 +776,10 @@ class Daemon:
 
         The two thread hand-offs (main loop → worker → main loop) cost a lone
         request about as much as the rest of the daemon's work on it.  So a request
-        that would run solo anyway runs right here: nothing else taken, queued or
-        waiting on the socket (requests that pile up go to the workers and run side
-        by side), a quick model (its last ``invoke()`` within
+        that would run solo anyway runs right here: nothing else taken or queued (one
+        look at the scheduler, :meth:`Scheduler.can_take_alone`) nor waiting on the
+        socket (requests that pile up go to the workers and run side by side), a
+        solo interpreter the power profile allows, a quick model (its last ``invoke()`` within
         ``server.inline_max_ms``, so control requests and timers wait about that long
         at most: the last invoke() is a guide, not a bound), tensors only (an image's
         decoding time is the client's to choose, up to ``max_image_pixels``), and no
@@ -793,7 +794,7 @@ class Daemon:
         return (limit_us > 0 and job.req.endpoint == "predict" and not job.wait and bool(recent)
                 and recent[-1] <= limit_us
                 and not any(meta.get("encoding") == "image" for meta in job.req.header["inputs"])
-                and self._may_run_solo(job.model) and self.scheduler.idle()
+                and self._solo_fits(job.model) and self.scheduler.can_take_alone()
                 and not self.predict_sock.get(zmq.EVENTS) & zmq.POLLIN
                 and self.power.governor.wait_before_invoke(0) == 0.0)
 
@@ -871,12 +872,18 @@ class Daemon:
         """Whether this request may take the solo interpreter (every core) of ``model``.
 
         Only when nothing else runs or waits: asked right before invoke(), so a request
-        that arrived meanwhile sends this one to the pool.  A power profile's
-        ``num_threads`` below the solo thread count forbids it at once, before the
-        next load rebuilds the interpreters within the cap.
+        that arrived meanwhile sends this one to the pool.
+        """
+        return self._solo_fits(model) and self.scheduler.alone()
+
+    def _solo_fits(self, model: Any) -> bool:
+        """Whether ``model`` has a solo interpreter the power profile allows.
+
+        A profile's ``num_threads`` below the solo thread count forbids it at once,
+        before the next load rebuilds the interpreters within the cap.
         """
         cap = self.models.num_threads
-        return model.solo_threads > 0 and (cap is None or cap >= model.solo_threads) and self.scheduler.alone()
+        return model.solo_threads > 0 and (cap is None or cap >= model.solo_threads)
 
     # -- queries -----------------------------------------------------------------------------
 

@@ -200,12 +200,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 def _parallelism_text(p: dict[str, Any] | None) -> list[str]:
     if not p:
         return []  # an older daemon
-    solo = f"alone: {p['solo_threads']} threads" if p["solo_threads"] else "no solo interpreter"
-    if p["solo_threads"] and p.get("inline_max_ms"):
-        solo += f" (on the main loop if invoke <= {p['inline_max_ms']:g} ms: {p.get('inline_runs', 0)} so far)"
-    how = ", ".join(f"{k} {v}" for k, v in p.get("chosen", {}).items())
-    return [f"parallelism {p['workers']} workers x {p['num_threads'] or 'auto'} thread(s), {solo}  "
-            f"({how}; {p.get('cores')} cores, {p.get('memory_mb')} MB)"]
+    from edged.protocol import describe_parallelism  # lazily, as edged.client is: it brings numpy
+
+    return [f"parallelism {describe_parallelism(p, runs=p.get('inline_runs', 0))}"]
 
 
 def _status_text(d: dict[str, Any]) -> str:

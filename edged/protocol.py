@@ -223,6 +223,26 @@ def error_header(request_id: Any, op: Any, error: dict[str, Any]) -> dict[str, A
     return {"v": PROTOCOL_VERSION, "id": request_id, "op": op, "ok": False, "error": error}
 
 
+def describe_parallelism(p: dict[str, Any], *, runs: int | None = None) -> str:
+    """One line for the log and ``edged ctl status``: what runs in parallel, and why.
+
+    ``p`` is the ``parallelism`` object of a ``status`` reply; ``runs``, when given, is
+    how many requests the main loop has run itself (its ``inline_runs``).  Here, not in
+    the server, because the daemon logs this line at start and the CLI prints it from a
+    reply, and the CLI must not import the server package.
+    """
+    threads = "runtime's choice of" if p["num_threads"] == 0 else str(p["num_threads"])
+    solo = (f"a request running alone gets {p['solo_threads']} threads" if p["solo_threads"]
+            else "no solo interpreter")
+    if p["solo_threads"] and p.get("inline_max_ms"):
+        solo += f", on the main loop while its model's invoke() takes at most {p['inline_max_ms']:g} ms"
+        if runs is not None:
+            solo += f" ({runs} so far)"
+    how = ", ".join(f"{k} {v}" for k, v in p.get("chosen", {}).items())
+    machine = f"{p['cores']} cores" + (f", {p['memory_mb']} MB" if p.get("memory_mb") else "") if p.get("cores") else ""
+    return f"{p['workers']} workers x {threads} thread(s); {solo}" + (f" ({how}; machine: {machine})" if how else "")
+
+
 def unsafe_ipc_directory(endpoint: str, owner: int | None = None) -> str | None:
     """Why the directory of an ``ipc://`` endpoint is not safe to use, or None.
 

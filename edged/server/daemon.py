@@ -170,7 +170,7 @@ class Daemon:
         self.backend = select_backend(cfg.runtime.backend)
         log.info("edged %s starting: runtime %s, delegate %s, config %s", edged.__version__,
                  self.backend.describe(), cfg.runtime.delegate, cfg.source)
-        log.info("parallelism: %s", describe_parallelism(self.parallelism()))
+        log.info("parallelism: %s", protocol.describe_parallelism(self.parallelism()))
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -1024,18 +1024,6 @@ def _event_topic(kind: Any) -> str:
     if isinstance(kind, str) and kind.startswith(("update-", "download-")):
         return "update"
     return "model"
-
-
-def describe_parallelism(p: dict[str, Any]) -> str:
-    """One line for the log and ``edged ctl status``: what runs in parallel, and why."""
-    threads = "runtime's choice of" if p["num_threads"] == 0 else str(p["num_threads"])
-    solo = (f"a request running alone gets {p['solo_threads']} threads" if p["solo_threads"]
-            else "no solo interpreter")
-    if p["solo_threads"] and p.get("inline_max_ms"):
-        solo += f", on the main loop while its model's invoke() takes at most {p['inline_max_ms']:g} ms"
-    how = ", ".join(f"{k} {v}" for k, v in p.get("chosen", {}).items())
-    machine = f"{p['cores']} cores" + (f", {p['memory_mb']} MB" if p.get("memory_mb") else "") if p.get("cores") else ""
-    return f"{p['workers']} workers x {threads} thread(s); {solo}" + (f" ({how}; machine: {machine})" if how else "")
 
 
 def _answer_is_mine(job: Job) -> bool:

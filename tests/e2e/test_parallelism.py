@@ -26,8 +26,10 @@ def test_a_lone_request_runs_solo_until_a_profile_caps_the_threads(daemon_factor
     par = json.loads(r.stdout)["parallelism"]
     assert (par["workers"], par["num_threads"], par["solo_threads"]) == (2, 1, 2)
     assert par["chosen"] == {"server.workers": "config", "runtime.solo_threads": "config"} and par["cores"] >= 1
-    assert "alone: 2 threads" in d.cli("ctl", "status").stdout
-    assert "parallelism: 2 workers x 1 thread(s); a request running alone gets 2 threads" in d.log()
+    # One sentence (edged.protocol.describe_parallelism), in the start-up log and in ctl status.
+    line = "2 workers x 1 thread(s); a request running alone gets 2 threads"
+    assert f"parallelism {line}" in d.cli("ctl", "status").stdout
+    assert f"parallelism: {line}" in d.log()
     with d.client() as c:
         # Sequential requests: each is alone in the daemon, so each runs on every thread.
         assert {c.predict(DARK).header["threads"] for _ in range(3)} == {2}
@@ -50,7 +52,7 @@ def test_a_lone_request_on_a_quick_model_runs_on_the_main_loop_unless_turned_off
     par = json.loads(d.cli("ctl", "status", "--json").stdout)["parallelism"]
     assert (par["inline_max_ms"], par["inline_runs"]) == (20.0, 5)
     assert all(r.header["threads"] == 2 and (r.outputs[0] == first.outputs[0]).all() for r in rest)
-    assert "on the main loop if invoke <= 20 ms: 5 so far" in d.cli("ctl", "status").stdout
+    assert "on the main loop while its model's invoke() takes at most 20 ms (5 so far)" in d.cli("ctl", "status").stdout
     # An image's decoding time is the client's to choose: it always goes to a worker.
     buf = io.BytesIO()
     Image.new("L", (4096, 4096), 200).save(buf, format="PNG")

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -132,3 +134,39 @@ def test_ipc_directory_checks(tmp_path):
         link.symlink_to(given)
         os.lchown(link, 65534, 65534)
         assert "symlink owned by uid 65534" in unsafe_ipc_directory(f"ipc://{link}/s.sock")
+
+
+PARALLELISM = {"workers": 2, "num_threads": 1, "solo_threads": 2, "inline_max_ms": 20.0, "inline_runs": 5,
+               "cores": 4, "memory_mb": 7812, "chosen": {"server.workers": "auto", "runtime.solo_threads": "config"}}
+
+
+@pytest.mark.parametrize(("p", "line"), [
+    (PARALLELISM, "2 workers x 1 thread(s); a request running alone gets 2 threads, on the main loop while its "
+                  "model's invoke() takes at most 20 ms (server.workers auto, runtime.solo_threads config; "
+                  "machine: 4 cores, 7812 MB)"),
+    ({**PARALLELISM, "workers": 3, "num_threads": 0, "solo_threads": 0, "inline_max_ms": 2.5, "cores": 1,
+      "memory_mb": None, "chosen": {"server.workers": "config"}},
+     "3 workers x runtime's choice of thread(s); no solo interpreter (server.workers config; machine: 1 cores)"),
+    ({**PARALLELISM, "workers": 1, "num_threads": 2, "solo_threads": 4, "inline_max_ms": 0, "chosen": {}},
+     "1 workers x 2 thread(s); a request running alone gets 4 threads"),
+])
+def test_the_parallelism_line_is_the_one_the_daemon_logs_at_start(p, line):
+    assert protocol.describe_parallelism(p) == line
+
+
+def test_ctl_status_prints_the_same_parallelism_line_with_the_requests_run_on_the_main_loop():
+    from edged.cli import _parallelism_text
+
+    assert _parallelism_text(PARALLELISM) == [
+        "parallelism 2 workers x 1 thread(s); a request running alone gets 2 threads, on the main loop while its "
+        "model's invoke() takes at most 20 ms (5 so far) (server.workers auto, runtime.solo_threads config; "
+        "machine: 4 cores, 7812 MB)"]
+    assert _parallelism_text(None) == []  # an older daemon's status has none
+
+
+def test_ctl_status_text_needs_no_server_package():
+    """The ctl side sits with the client above protocol and errors: printing a status pulls no server in."""
+    code = (f"import sys, edged.cli as cli; cli._parallelism_text({PARALLELISM!r}); "
+            "print(sorted(m for m in sys.modules if m.startswith('edged.server')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -39,6 +39,7 @@ from tuf.ngclient import Updater, UpdaterConfig
 import edged
 from edged.config import UpdateConfig
 from edged.repository import layout
+from edged.repository.state import STATE_DIR
 from edged.seams import Clock
 from edged.update.decide import Decision, LocalModel, decide
 from edged.update.fetch import Paused, ResumableFetcher, Stopped
@@ -46,7 +47,6 @@ from edged.update.registry import INDEX, index_path, target_path
 
 log = logging.getLogger("edged.update")
 
-STATE_DIR = ".edged"
 MAX_INDEX_BYTES = 1 << 20
 _REL_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 

@@ -390,7 +390,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         images.append((Path(file), expected if sep else None))
     base = base_manifest(Path(args.repo), args.name)
     target = pack(Path(args.model), name=args.name, version=args.version, repo=Path(args.repo),
-                  golden_images=images, inherit=not args.no_inherit, base=base,
+                  golden_images=images, inherit_from=None if args.no_inherit else base,
                   labels=Path(args.labels) if args.labels else None,
                   golden_inputs=[Path(p) for p in args.golden_input],
                   lite=Path(args.lite) if args.lite else None, edgetpu=Path(args.edgetpu) if args.edgetpu else None,

@@ -49,19 +49,19 @@ def pack(
     atol: float = 1e-5,
     extra: dict[str, Any] | None = None,
     golden_images: Sequence[tuple[Path, str | None]] = (),
-    inherit: bool = True,
-    base: tuple[str, Manifest] | None | Literal["find"] = "find",
+    inherit_from: tuple[str, Manifest] | None | Literal["find"] = "find",
 ) -> Path:
     """Create ``repo/name/version``; returns its path.
 
-    ``inherit``: a new version of a model takes the serving version's
-    preprocessing (when ``preprocessing`` is None) and golden images (when none
-    are given), so re-packing a model cannot silently change how its images are
-    read.  ``golden_images``: ``(file, expected label or index or None)``; each is
-    run through the daemon's preprocessing and its top-1 recorded, and the pack
-    is refused when it is not the expected one.  ``base``: what :func:`base_manifest`
-    returns, when the caller has looked it up already (``edged pack`` does, to
-    report the differences); by default pack looks it up itself.
+    ``inherit_from``: the version whose preprocessing (when ``preprocessing`` is
+    None) and golden images (when none are given) the new one takes, so re-packing
+    a model cannot silently change how its images are read.  By default (``"find"``)
+    it is :func:`base_manifest`, the version this one follows; a caller that has
+    looked that up already passes it (``edged pack`` does, to report the
+    differences); None takes nothing (``--no-inherit``, or a new model).
+    ``golden_images``: ``(file, expected label or index or None)``; each is run
+    through the daemon's preprocessing and its top-1 recorded, and the pack is
+    refused when it is not the expected one.
 
     Raises :class:`RequestError` for bad names or an existing version, and
     :class:`ModelError` when the model does not load, a golden input does not
@@ -78,10 +78,7 @@ def pack(
     if target.exists():
         raise RequestError(f"{target} already exists; versions are immutable, publish a new one",
                            code=ErrorCode.INVALID_STATE)
-    if not inherit:
-        base = None
-    elif base == "find":
-        base = base_manifest(repo, name)
+    base = base_manifest(repo, name) if inherit_from == "find" else inherit_from
     inherited_images: list[dict[str, Any]] = []
     if base is not None:
         if preprocessing is None:

@@ -49,24 +49,16 @@ def _runtime_dir() -> str:
     return f"/tmp/edged-{os.getuid()}"
 
 
-def _default(env: str, sock: str, system_dir: str = SYSTEM_RUNTIME_DIR, *, control: str | None = None) -> str:
-    """``$env``; else, given a ``control`` endpoint, ``sock`` beside it; else the daemon's
-    own default for this user, else the system daemon's socket.
+def _socket_in_runtime_dir(env: str, sock: str, system_dir: str) -> str:
+    """``$env``; else ``sock`` in the daemon's own default directory for this user,
+    else in ``system_dir`` (the system daemon's).
 
     A user's own daemon wins when its socket exists; otherwise a daemon run by
     systemd (``/run/edged``) is found without flags, which is what ``sudo edged
-    ctl status`` and an app running as another user need.  Raises
-    :class:`TransportError` (``NOT_RUNNING``) when ``control`` is not ``ipc://``:
-    there is no directory to look in, so the endpoint must be given.
+    ctl status`` and an app running as another user need.
     """
     if os.environ.get(env):
         return os.environ[env]
-    if control is not None:
-        if not control.startswith("ipc://"):
-            name = sock.removesuffix(".sock")
-            raise TransportError(f"no default {name} endpoint for control endpoint {control}; "
-                                 f"give --{name}-endpoint (server.{name}_endpoint)", code=ErrorCode.NOT_RUNNING)
-        return f"ipc://{os.path.join(os.path.dirname(control[len('ipc://'):]), sock)}"
     own = os.path.join(_runtime_dir(), sock)
     system = os.path.join(system_dir, sock)
     if not os.path.exists(own) and os.path.exists(system):
@@ -74,12 +66,27 @@ def _default(env: str, sock: str, system_dir: str = SYSTEM_RUNTIME_DIR, *, contr
     return f"ipc://{own}"
 
 
+def _socket_beside(env: str, sock: str, control: str) -> str:
+    """``$env``; else ``sock`` in the directory of the ``control`` endpoint.
+
+    Raises :class:`TransportError` (``NOT_RUNNING``) when ``control`` is not
+    ``ipc://``: there is no directory to look in, so the endpoint must be given.
+    """
+    if os.environ.get(env):
+        return os.environ[env]
+    if not control.startswith("ipc://"):
+        name = sock.removesuffix(".sock")
+        raise TransportError(f"no default {name} endpoint for control endpoint {control}; "
+                             f"give --{name}-endpoint (server.{name}_endpoint)", code=ErrorCode.NOT_RUNNING)
+    return f"ipc://{os.path.join(os.path.dirname(control[len('ipc://'):]), sock)}"
+
+
 def default_endpoint(system_dir: str = SYSTEM_RUNTIME_DIR) -> str:
-    return _default("EDGED_ENDPOINT", "edged.sock", system_dir)
+    return _socket_in_runtime_dir("EDGED_ENDPOINT", "edged.sock", system_dir)
 
 
 def default_control_endpoint(system_dir: str = SYSTEM_RUNTIME_DIR) -> str:
-    return _default("EDGED_CONTROL_ENDPOINT", "control.sock", system_dir)
+    return _socket_in_runtime_dir("EDGED_CONTROL_ENDPOINT", "control.sock", system_dir)
 
 
 def _check_listening(endpoint: str) -> None:
@@ -117,7 +124,7 @@ def _check_listening(endpoint: str) -> None:
 def default_events_endpoint(control_endpoint: str | None = None) -> str:
     """Where the daemon publishes events: ``$EDGED_EVENTS_ENDPOINT``, else ``events.sock``
     beside the control socket (the daemon's default for ``server.events_endpoint``)."""
-    return _default("EDGED_EVENTS_ENDPOINT", "events.sock", control=control_endpoint or default_control_endpoint())
+    return _socket_beside("EDGED_EVENTS_ENDPOINT", "events.sock", control_endpoint or default_control_endpoint())
 
 
 def events(endpoint: str | None = None, *, topics: Sequence[str] = ("",), timeout: float | None = None,

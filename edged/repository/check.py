@@ -80,13 +80,29 @@ def static_checks(path: Path) -> dict[str, Any] | None:
     return data
 
 
+def _read_version_file(path: Path, rel: str, what: str, *, max_bytes: int | None = None) -> bytes:
+    """``rel`` of the version at ``path``, read through :mod:`edged.fsafe` (a regular file, no link, no FIFO).
+
+    The one place a read error of a golden file becomes the project's error: raises
+    :class:`ModelError` (``VALIDATION_FAILED``) naming ``rel`` and ``what`` when the file
+    is missing or unreadable; fsafe's own refusals (a link, a FIFO, over ``max_bytes``,
+    the time limit) are already :class:`ModelError` naming ``rel`` and pass through.
+    """
+    try:
+        return fsafe.read_bytes(path, rel, max_bytes=max_bytes)
+    except FileNotFoundError:
+        raise ModelError(f"{rel}: {what} missing", code=ErrorCode.VALIDATION_FAILED) from None
+    except OSError as exc:
+        raise ModelError(f"{rel}: {what} not readable ({exc.strerror or exc})",
+                         code=ErrorCode.VALIDATION_FAILED) from None
+
+
 def _load_npy(path: Path, rel: str) -> np.ndarray:
     """A golden sample: a regular file of the version (edged.fsafe), no pickles."""
+    data = _read_version_file(path, rel, "golden sample")
     try:
-        return np.load(io.BytesIO(fsafe.read_bytes(path, rel)), allow_pickle=False)
-    except FileNotFoundError:
-        raise ModelError(f"{rel}: golden sample missing", code=ErrorCode.VALIDATION_FAILED) from None
-    except (ValueError, OSError) as exc:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file
         raise ModelError(f"{rel}: not a readable .npy file ({exc})", code=ErrorCode.VALIDATION_FAILED) from None
 
 
@@ -98,13 +114,7 @@ GOLDEN_IMAGE_MAX_PIXELS = ServerConfig().max_image_pixels
 
 def read_golden_image(path: Path, rel: str) -> bytes:
     """A golden image: a regular file (edged.fsafe: no link, no FIFO) of at most ``GOLDEN_IMAGE_MAX_BYTES``."""
-    try:
-        return fsafe.read_bytes(path, rel, max_bytes=GOLDEN_IMAGE_MAX_BYTES)
-    except FileNotFoundError:
-        raise ModelError(f"{rel}: golden image missing", code=ErrorCode.VALIDATION_FAILED) from None
-    except OSError as exc:
-        raise ModelError(f"{rel}: golden image not readable ({exc.strerror or exc})",
-                         code=ErrorCode.VALIDATION_FAILED) from None
+    return _read_version_file(path, rel, "golden image", max_bytes=GOLDEN_IMAGE_MAX_BYTES)
 
 
 def check_min_runtime(manifest: dict[str, Any] | None, backend_name: str, backend_version: str) -> None:

@@ -111,28 +111,39 @@ def test_install_tree_idempotent_and_uninstall(tmp_path: Path, seed: Path) -> No
     assert not (dest / "var/lib/edged").exists()
 
 
-def test_install_seeds_versions_only_never_development_state(tmp_path: Path, seed: Path) -> None:
+def test_install_seeds_complete_versions_only_never_development_state(tmp_path: Path, seed: Path) -> None:
+    # Not a checkout (git or no git), so every complete version is seeded; the ceiling
+    # keeps a clone that happens to hold $TMPDIR from making it one.
     (seed / ".edged").mkdir()
     (seed / ".edged" / "state.json").write_text('{"format": 1, "models": {"digits": {"committed": "v9"}}}')
     (seed / "digits" / "v2").mkdir()  # being copied in: no manifest yet
     (seed / "digits" / "v2" / "model.tflite").write_bytes(b"half")
     (seed / "digits" / ".v3.staging").mkdir()
-    git = shutil.which("git")
-    if git is None:
-        pytest.skip("git not installed: the untracked-version rule of install.sh needs a checkout")
+    (seed / "digits" / "v4").mkdir()
+    (seed / "digits" / "v4" / "manifest.json").write_text("{}")
+    dest = tmp_path / "root"
+    _run(INSTALL, dest, env={"EDGED_SKIP_PIP": "1", "EDGED_SEED_MODELS": str(seed),
+                             "GIT_CEILING_DIRECTORIES": str(tmp_path)})
+    models = dest / "var/lib/edged/models"
+    assert sorted(p.name for p in models.iterdir()) == ["digits"]
+    assert sorted(p.name for p in (models / "digits").iterdir()) == ["v1", "v4"]
+    assert (models / "digits/v1/model.tflite").read_bytes() == b"TFL3 not really"
+
+
+@pytest.mark.skipif(shutil.which("git") is None,
+                    reason="git not installed: the untracked-version rule of install.sh needs a git checkout")
+def test_install_in_a_git_checkout_seeds_only_versions_git_tracks(tmp_path: Path, seed: Path) -> None:
     # A checkout: a version packed locally (untracked) stays on the developer's machine.
     (seed / "digits" / "v4").mkdir()
     (seed / "digits" / "v4" / "manifest.json").write_text("{}")
     genv = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
             "GIT_COMMITTER_EMAIL": "t@t"}
-    subprocess.run([git, "init", "-q", str(seed)], check=True, env=genv)
-    subprocess.run([git, "-C", str(seed), "add", "digits/v1"], check=True, env=genv)
+    subprocess.run(["git", "init", "-q", str(seed)], check=True, env=genv)
+    subprocess.run(["git", "-C", str(seed), "add", "digits/v1"], check=True, env=genv)
     dest = tmp_path / "root"
     _run(INSTALL, dest, env={"EDGED_SKIP_PIP": "1", "EDGED_SEED_MODELS": str(seed)})
     models = dest / "var/lib/edged/models"
-    assert sorted(p.name for p in models.iterdir()) == ["digits"]
     assert sorted(p.name for p in (models / "digits").iterdir()) == ["v1"]
-    assert (models / "digits/v1/model.tflite").read_bytes() == b"TFL3 not really"
 
 
 def test_install_refuses_unknown_flag(tmp_path: Path) -> None:

@@ -13,6 +13,9 @@ One ``edged serve`` (2 workers, the MobileNet-class model of ``scripts/bench.py`
   and sends a new one the moment any reply (answer or refusal) arrives: the most
   a single connection can ask for.  If it exits before the measured window ends, the
   run fails (exit 1) rather than report a polite figure measured without a flood.
+  Alive is not enough: it reports its counts at both ends of the window, and the run
+  also fails when it got fewer predicts answered in the window than the polite client
+  sent (``FLOOD_MIN_PER_POLITE``, see :func:`check_flood_rate`): then it was not flooding.
 
 Scenarios, each on a fresh daemon: ``alone`` (no flooder), then one ``flood``
 run per value of ``--shares`` (``server.max_queued_per_client``; 0 = the default,
@@ -30,8 +33,10 @@ Only ipc:// traffic; every loop is bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -45,9 +50,26 @@ from bench import INPUT_SHAPE, bench_env, bench_input, log, machine_facts, ms, s
 #: The polite client gives up after this long, whatever ``--quick`` says.
 POLITE_LIMIT_S = 300.0
 
+#: The least the flooder must get answered (``ok`` replies) in the measured window, per polite request.
+#: A floor, not an expectation: with 2 workers, the polite client holding at most one request
+#: at a time and the flooder always having work queued, the flooder runs on the other worker
+#: whenever the polite request runs, so a working flood gets at least one answer per polite
+#: request (about 2 when invokes are slower than the polite period) and usually several
+#: (docs/benchmarks.md). Below it the flooder is stuck, not reaching the daemon, or sending
+#: predicts the daemon refuses or fails, and the polite figure is no fairness figure.
+FLOOD_MIN_PER_POLITE = 1.0
+
+#: How long the flooder may take to report its counts (it answers between two replies).
+FLOOD_REPORT_S = 30.0
+
 
 def role_flood(args: dict[str, Any]) -> int:
-    """Keep ``inflight`` predicts outstanding until ``stop_at``; print counts of replies by code."""
+    """Keep ``inflight`` predicts outstanding until ``stop_at`` or stdin's end.
+
+    Each line on stdin is answered with one line on stdout, the counts so far:
+    ``{"sent": n, "replies": {"ok": n, CODE: n}}`` (the parent reads them at both ends
+    of its measured window, see :func:`flood_counts`).
+    """
     import zmq
 
     payload = memoryview(bench_input()).cast("B")
@@ -58,6 +80,10 @@ def role_flood(args: dict[str, Any]) -> int:
     meta = [{"dtype": "uint8", "shape": list(INPUT_SHAPE)}]
     stop_at = float(args["stop_at"])
     sent, codes = 0, {}
+    stdin = sys.stdin.fileno()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(stdin, zmq.POLLIN)
 
     def send() -> None:
         nonlocal sent
@@ -70,15 +96,21 @@ def role_flood(args: dict[str, Any]) -> int:
     for _ in range(100_000_000):
         if time.monotonic() >= stop_at:
             break
-        if not sock.poll(50):
-            continue
-        head = json.loads(sock.recv_multipart()[0])
-        code = "ok" if head.get("ok") else head["error"]["code"]
-        codes[code] = codes.get(code, 0) + 1
-        send()
+        ready = dict(poller.poll(50))
+        if sock in ready:
+            head = json.loads(sock.recv_multipart()[0])
+            code = "ok" if head.get("ok") else head["error"]["code"]
+            codes[code] = codes.get(code, 0) + 1
+            send()
+        if stdin in ready:
+            asked = os.read(stdin, 4096)
+            if not asked:
+                break  # the parent is gone
+            for _ in range(asked.count(b"\n")):
+                # One short line is one write() on a pipe, so the parent never reads half of it.
+                os.write(sys.stdout.fileno(), (json.dumps({"sent": sent, "replies": codes}) + "\n").encode())
     sock.close(0)
     ctx.term()
-    print(json.dumps({"sent": sent, "replies": codes}))
     return 0
 
 
@@ -103,6 +135,7 @@ def polite(endpoint: str, n: int, interval_s: float) -> dict[str, Any]:
     out = ms(lat)
     out["max_ms"] = round(max(lat) * 1000, 3) if lat else None
     out["throttled"] = throttled
+    out["requests"] = len(lat) + throttled
     return out
 
 
@@ -116,6 +149,52 @@ def check_flooder(proc: subprocess.Popen, when: str) -> None:
     if rc is not None:
         raise SystemExit(f"bench_fairness: the flooder exited (code {rc}) {when}; the polite latency would be "
                          "measured without a flood, so there is no result. See its output above.")
+
+
+def flood_counts(proc: subprocess.Popen, when: str) -> dict[str, Any]:
+    """The flooder's counts so far (``role_flood`` answers a line on its stdin with them).
+
+    Raises ``SystemExit`` when it has exited or does not answer within ``FLOOD_REPORT_S``.
+    """
+    check_flooder(proc, when)
+    try:
+        os.write(proc.stdin.fileno(), b"count\n")  # a few bytes into an empty pipe: never blocks
+    except BrokenPipeError:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        check_flooder(proc, when)
+        raise SystemExit(f"bench_fairness: the flooder closed its input {when}; there is no result.") from None
+    deadline, got = time.monotonic() + FLOOD_REPORT_S, b""
+    while not got.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+            raise SystemExit(f"bench_fairness: the flooder did not report its counts within {FLOOD_REPORT_S:.0f}s "
+                             f"{when}; it is stuck, so there is no result.")
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        if not chunk:  # its stdout is closed: it has exited or is about to
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            check_flooder(proc, when)
+            raise SystemExit(f"bench_fairness: the flooder closed its output {when}; there is no result.")
+        got += chunk
+    return json.loads(got)
+
+
+def check_flood_rate(start: dict[str, Any], end: dict[str, Any], polite_requests: int) -> dict[str, Any]:
+    """The flooder's traffic in the measured window; ``SystemExit`` when it is below the floor.
+
+    The floor is ``FLOOD_MIN_PER_POLITE`` answered predicts per polite request (why: see there).
+    """
+    replies = {code: n - start["replies"].get(code, 0) for code, n in end["replies"].items()}
+    window = {"sent": end["sent"] - start["sent"], "replies": {c: n for c, n in replies.items() if n},
+              "ok_per_polite_request": round(replies.get("ok", 0) / max(polite_requests, 1), 2)}
+    floor = FLOOD_MIN_PER_POLITE * polite_requests
+    if replies.get("ok", 0) < floor:
+        raise SystemExit(f"bench_fairness: the flooder got {replies.get('ok', 0)} predicts answered during the "
+                         f"measured window (sent {window['sent']}, replies {window['replies']}), fewer than "
+                         f"{floor:.0f} ({FLOOD_MIN_PER_POLITE:g} per polite request, {polite_requests} polite "
+                         "requests): it was not flooding, so the polite latency is no fairness figure.")
+    return window
 
 
 def scenario(workdir: Path, daemons: list, repo: Path, env: dict[str, str], args: argparse.Namespace, tag: str,
@@ -134,19 +213,21 @@ def scenario(workdir: Path, daemons: list, repo: Path, env: dict[str, str], args
             # polite run is never measured partly without a flood; the finally below kills it.
             stop_at = time.monotonic() + 3.0 + POLITE_LIMIT_S + 60
             proc = bench.spawn_role("flood", {"endpoint": d.endpoint, "inflight": args.inflight, "stop_at": stop_at},
-                                    env, script=Path(__file__).resolve(), stdout=subprocess.PIPE)
+                                    env, script=Path(__file__).resolve(), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE)
             time.sleep(3.0)  # the flood is established (imports, first replies) before measuring
-            check_flooder(proc, "before the measured window")
+            start = flood_counts(proc, "before the measured window")
         result = {"share": share, "flood": flood, "polite": polite(d.endpoint, n, args.interval_ms / 1000)}
         if proc is not None:
-            check_flooder(proc, "during the measured window")
+            end = flood_counts(proc, "during the measured window")
+            result["flooder"] = check_flood_rate(start, end, result["polite"]["requests"])
     finally:
         if proc is not None:
             proc.kill()
             proc.wait(10)
         d.stop()
         daemons.remove(d)
-    log(f"{tag}: polite {result['polite']}")
+    log(f"{tag}: polite {result['polite']}" + (f"; flooder {result['flooder']}" if flood else ""))
     return result
 
 

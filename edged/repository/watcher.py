@@ -18,6 +18,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from edged.repository.layout import MANIFEST_FILE
+from edged.repository.state import STATE_DIR
 from edged.seams import Clock
 
 log = logging.getLogger("edged.repository")
@@ -51,7 +52,7 @@ class RepositoryWatcher(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = str(event.src_path)
-        if "/.edged" in path or path.endswith("/current") or "/.current." in path:
+        if f"/{STATE_DIR}" in path or path.endswith("/current") or "/.current." in path:
             return  # our own writes (state file, current link)
         now = self.clock.monotonic()
         # `edged pack` publishes with one rename of a finished directory: nothing more

@@ -95,15 +95,21 @@ def _read_version_file(path: Path, rel: str, what: str, *, max_bytes: int | None
     except OSError as exc:
         raise ModelError(f"{rel}: {what} not readable ({exc.strerror or exc})",
                          code=ErrorCode.VALIDATION_FAILED) from None
+    except ValueError as exc:  # a path the OS cannot take (an embedded NUL)
+        raise ModelError(f"{rel}: {what} not readable ({exc})", code=ErrorCode.VALIDATION_FAILED) from None
 
 
 def _load_npy(path: Path, rel: str) -> np.ndarray:
     """A golden sample: a regular file of the version (edged.fsafe), no pickles."""
     data = _read_version_file(path, rel, "golden sample")
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file
         raise ModelError(f"{rel}: not a readable .npy file ({exc})", code=ErrorCode.VALIDATION_FAILED) from None
+    if not isinstance(array, np.ndarray):  # np.load opens a zip (.npz) by its content, whatever the name
+        array.close()
+        raise ModelError(f"{rel}: an .npz archive, not a .npy array", code=ErrorCode.VALIDATION_FAILED)
+    return array
 
 
 #: Golden images are held to the daemon's default image limits (``server.max_image_bytes``,

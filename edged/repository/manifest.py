@@ -145,13 +145,16 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_relpath(value: Any, where: str) -> str:
-    """A path inside the version directory: relative, no ``..``, no backslashes.
+    """A path inside the version directory: relative, no ``..``, no backslashes, no control characters.
 
     Manifests come from outside (a copied directory), so a path like
-    ``../../etc/passwd`` must never be opened on its say-so.
+    ``../../etc/passwd`` must never be opened on its say-so; a NUL byte, which the
+    OS cannot take in a path at all, is refused here rather than raised by ``open()``.
     """
     if not isinstance(value, str) or not value:
         raise ManifestError(f"{where}: expected a relative file path, got {value!r}")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise ManifestError(f"{where}: {value!r} holds a control character")
     p = PurePosixPath(value)
     if p.is_absolute() or ".." in p.parts or "\\" in value or value != p.as_posix():
         raise ManifestError(f"{where}: {value!r} must be a normalised path inside the version directory")

@@ -50,3 +50,15 @@ def test_a_golden_sample_that_is_not_npy_is_a_refusal(tmp_path: Path, content: b
 def test_a_good_golden_sample_loads(tmp_path: Path) -> None:
     np.save(tmp_path / "0.input.npy", np.arange(4, dtype=np.float32))
     assert check._load_npy(tmp_path, "0.input.npy").tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize(("read", "what"), READERS)
+def test_a_path_the_os_cannot_take_is_a_refusal(tmp_path: Path, read, what) -> None:
+    # The manifest refuses such names first; the reader must not raise ValueError either.
+    assert _refusal(read, tmp_path, "in\x00.npy").startswith(f"in\x00.npy: {what} not readable (")
+
+
+def test_an_npz_archive_named_npy_is_a_refusal(tmp_path: Path) -> None:
+    with open(tmp_path / "0.input.npy", "wb") as f:
+        np.savez(f, x=np.arange(4))
+    assert _refusal(check._load_npy, tmp_path, "0.input.npy") == "0.input.npy: an .npz archive, not a .npy array"

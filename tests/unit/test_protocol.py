@@ -148,7 +148,10 @@ PARALLELISM = {"workers": 2, "num_threads": 1, "solo_threads": 2, "inline_max_ms
       "memory_mb": None, "chosen": {"server.workers": "config"}},
      "3 workers x runtime's choice of thread(s); no solo interpreter (server.workers config; machine: 1 cores)"),
     ({**PARALLELISM, "workers": 1, "num_threads": 2, "solo_threads": 4, "inline_max_ms": 0, "chosen": {}},
-     "1 workers x 2 thread(s); a request running alone gets 4 threads"),
+     "1 workers x 2 thread(s); a request running alone gets 4 threads (machine: 4 cores, 7812 MB)"),
+    ({**PARALLELISM, "solo_threads": 0, "cores": None, "memory_mb": None},
+     "2 workers x 1 thread(s); no solo interpreter (server.workers auto, runtime.solo_threads config)"),
+    ({**PARALLELISM, "solo_threads": 0, "cores": None, "chosen": {}}, "2 workers x 1 thread(s); no solo interpreter"),
 ])
 def test_the_parallelism_line_is_the_one_the_daemon_logs_at_start(p, line):
     assert protocol.describe_parallelism(p) == line

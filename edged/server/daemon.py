@@ -777,7 +777,7 @@ class Daemon:
         The two thread hand-offs (main loop → worker → main loop) cost a lone
         request about as much as the rest of the daemon's work on it.  So a request
         that would run solo anyway runs right here: nothing else taken or queued (one
-        look at the scheduler, :meth:`Scheduler.can_take_alone`) nor waiting on the
+        look at the scheduler, :meth:`Scheduler.idle`) nor waiting on the
         socket (requests that pile up go to the workers and run side by side), a
         solo interpreter the power profile allows, a quick model (its last ``invoke()`` within
         ``server.inline_max_ms``, so control requests and timers wait about that long
@@ -794,7 +794,7 @@ class Daemon:
         return (limit_us > 0 and job.req.endpoint == "predict" and not job.wait and bool(recent)
                 and recent[-1] <= limit_us
                 and not any(meta.get("encoding") == "image" for meta in job.req.header["inputs"])
-                and self._solo_fits(job.model) and self.scheduler.can_take_alone()
+                and self._solo_fits(job.model) and self.scheduler.idle()
                 and not self.predict_sock.get(zmq.EVENTS) & zmq.POLLIN
                 and self.power.governor.wait_before_invoke(0) == 0.0)
 

@@ -187,22 +187,16 @@ class Scheduler:
         with self._cond:
             return self.active <= 1 and not self._queued
 
-    def can_take_alone(self) -> bool:
-        """True if a job the caller took now (:meth:`take_inline`) would run alone: none taken,
-        none queued, and the concurrency bound lets one run.
-
-        One lock for what :meth:`idle` and then :meth:`alone` would ask apart (idle implies
-        alone), so the main loop's check before running a request itself costs one acquisition.
-        """
-        with self._cond:
-            return self.active == 0 and not self._queued and (self.max_active is None or self.max_active > 0)
-
     def set_max_active(self, value: int | None) -> None:
         with self._cond:
             self.max_active = value
             self._cond.notify_all()
 
     def idle(self) -> bool:
+        """Nothing taken, nothing queued: a job taken now (:meth:`take_inline`) runs alone.
+
+        (Every concurrency bound is at least 1, so an idle scheduler always lets one run.)
+        """
         with self._cond:
             return self.active == 0 and not self._queued
 

@@ -81,23 +81,22 @@ def test_a_job_run_inline_counts_as_taken_until_done():
     assert s.idle() and s.service_s < 0.05
 
 
-def test_can_take_alone_means_nothing_taken_nothing_queued_and_room_under_the_bound():
+def test_idle_means_nothing_taken_and_nothing_queued_under_any_bound():
+    # The main loop's inline check: a job it takes now would run alone.
     s = Scheduler(queue_size=10, workers=2)
-    assert s.can_take_alone()
+    assert s.idle()
     s.submit("a")
-    assert not s.can_take_alone()  # queued: it would run beside the caller's
+    assert not s.idle()  # queued: it would run beside the caller's
     assert s.get(0) == "a"
-    assert s.alone() and not s.can_take_alone()  # the taken one is alone; a second one would not be
+    assert s.alone() and not s.idle()  # the taken one is alone; a second one would not be
     s.done()
-    assert s.can_take_alone()
-    s.set_max_active(0)
-    assert s.idle() and not s.can_take_alone()  # the bound holds back the caller's take too
-    s.set_max_active(1)
-    assert s.can_take_alone()
+    assert s.idle()
+    s.set_max_active(1)  # the tightest bound a power profile sets
+    assert s.idle()
     s.take_inline()
-    assert not s.can_take_alone()
+    assert not s.idle()
     s.done()
-    assert s.can_take_alone()
+    assert s.idle()
 
 
 def version(tmp_path: Path) -> Path:

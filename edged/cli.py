@@ -449,26 +449,26 @@ def _positive_int(text: str) -> int:
 MAX_TIMEOUT_S = 7 * 86400.0
 
 
-def _seconds(text: str) -> float:
-    """argparse type for --timeout (and $EDGED_TIMEOUT): finite seconds, more than 0, at most a week."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= MAX_TIMEOUT_S:  # also false for NaN
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_TIMEOUT_S:g} seconds")
-    return value
+def _number_of(unit: str, high: float, *, zero: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of ``unit`` from 0 (``zero``: included) to ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        if not (0 <= value if zero else 0 < value) or not value <= high:  # also false for NaN
+            raise argparse.ArgumentTypeError(f"{unit} must be {'at least 0' if zero else 'over 0'} and at most {high:.0f}, "
+                                             f"not {text}")
+        return value
+
+    return parse
 
 
-def _milliseconds(text: str) -> float:
-    """argparse type for --deadline-ms: finite and not negative (0 = already due)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if not 0 <= value <= MAX_TIMEOUT_S * 1000:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_TIMEOUT_S * 1000:g} ms")
-    return value
+#: --timeout (and $EDGED_TIMEOUT): more than 0 s, at most a week.
+_seconds = _number_of("seconds", MAX_TIMEOUT_S, zero=False)
+#: --deadline-ms: 0 (already due) to a week.
+_milliseconds = _number_of("milliseconds", MAX_TIMEOUT_S * 1000, zero=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -238,10 +238,9 @@ def describe_parallelism(p: dict[str, Any], *, runs: int | None = None) -> str:
         solo += f", on the main loop while its model's invoke() takes at most {p['inline_max_ms']:g} ms"
         if runs is not None:
             solo += f" ({runs} so far)"
-    why = [", ".join(f"{k} {v}" for k, v in p.get("chosen", {}).items())]
+    why = [", ".join(f"{k} {v}" for k, v in p["chosen"].items())] if p.get("chosen") else []
     if p.get("cores"):
         why.append(f"machine: {p['cores']} cores" + (f", {p['memory_mb']} MB" if p.get("memory_mb") else ""))
-    why = [part for part in why if part]
     return f"{p['workers']} workers x {threads} thread(s); {solo}" + (f" ({'; '.join(why)})" if why else "")
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,7 @@ import zmq
 from edged import protocol
 from edged.errors import DeadlineExceeded
 from edged.testing import tflite_build as tb
+from tests.conftest import ROOT
 from tests.e2e.repohelpers import publish, publish_unloadable, state_of, versions, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.runtime]
@@ -192,9 +198,6 @@ def test_swap_back_to_the_committed_version_skips_probation_and_commit_names_the
 
 
 def test_nothing_listening_fails_at_once_with_exit_8(daemon, sockdir):
-    import socket
-    import subprocess
-
     stale = sockdir / "stale.sock"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(stale))  # a socket file with nobody listening: a daemon that died
@@ -231,9 +234,6 @@ def test_probation_progress_is_shown_by_versions_and_status(daemon_factory, mrep
 
 
 def test_ctl_events_follow_prints_events_as_they_happen(daemon):
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-m", "edged", "ctl", "events", "--follow", "--count", "1", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env)
     try:
@@ -279,8 +279,6 @@ def test_small_things_a_user_met(daemon, tmp_path):
     r = daemon.cli("predict", str(x))
     assert r.returncode == 3 and "[1, 8, 8, 1]" in r.stderr and "np." not in r.stderr
     # A reader that leaves early is not an error: no BrokenPipe traceback.
-    import subprocess
-    import sys
 
     p = subprocess.run(f"{sys.executable} -m edged ctl versions | head -c 1", shell=True, capture_output=True,
                        text=True, env=daemon.env, timeout=120)
@@ -288,12 +286,6 @@ def test_small_things_a_user_met(daemon, tmp_path):
 
 
 def test_the_readme_python_snippet_runs(daemon):
-    import re
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(r"Or from Python.*?```python\n(.*?)```", readme, re.S).group(1)
     r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=daemon.env,
@@ -303,10 +295,6 @@ def test_the_readme_python_snippet_runs(daemon):
 
 
 def test_repacking_keeps_preprocessing_and_golden_images_catch_a_wrong_one(daemon_factory, repo, tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
     from tests.e2e.test_serving import digit_png
 
     x = np.load(repo / "digits/v1/golden/0.input.npy")
@@ -366,12 +354,6 @@ def test_repacking_keeps_preprocessing_and_golden_images_catch_a_wrong_one(daemo
 
 
 def test_pack_reads_a_given_golden_image_within_the_daemons_limits_and_never_from_a_fifo(repo, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     v1 = repo / "digits/v1"
     fifo = tmp_path / "camera.png"
     os.mkfifo(fifo)  # read with a plain open, pack would wait here for ever

@@ -207,7 +207,7 @@ def test_after_a_switch_the_retired_version_drops_its_solo_interpreter_even_when
     vdir.mkdir(parents=True)
     (vdir / "model.tflite").write_bytes(tb.random_classifier(seed=1))
     cfg = config_mod.load(None, {"repository.path": str(tmp_path), "server.workers": 1,
-                                        "runtime.solo_threads": 2})
+                                 "runtime.solo_threads": 2})
     mgr = ModelManager(cfg, backend=backend, clock=FakeClock())
     old = mgr.load("m", "v1")  # at boot: with its solo interpreter
     new = mgr.load("m", "v1", live=True)  # while serving: the solo interpreter comes after the switch

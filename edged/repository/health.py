@@ -74,19 +74,32 @@ class VersionHealth:
         }
 
 
-def top1(scores: np.ndarray | None) -> tuple[int, float | None] | None:
-    """(index, probability) of a classifier's dequantized scores; probability only if they are one.
+def top1(scores: np.ndarray | None, scale: float = 0.0, zero_point: int = 0) -> tuple[int, float | None] | None:
+    """(index, probability) of a classifier's flat scores; probability only if they are one.
 
     Scores that are not a probability distribution (logits, sigmoid outputs that do
     not sum to 1) keep their index but no confidence: "low confidence" is only
-    defined for probabilities.
+    defined for probabilities.  Integer scores with a ``scale`` are quantized: only
+    the three figures needed are dequantized, ``(q - zero_point) * scale``, not
+    every score (this runs after every request).
     """
     if scores is None or scores.size < 2:
         return None
-    i = int(np.argmax(scores))
-    total = float(scores.sum())
-    prob = float(scores[i]) if 0.98 <= total <= 1.02 and float(scores.min()) >= 0.0 else None
-    return i, prob
+    # The ufuncs' own reduce, not ndarray.sum()/.min(): those go through numpy's Python wrappers.
+    if scale and scores.dtype.kind in "iu":
+        if scale < 0:  # the order reverses: dequantize them all
+            return top1((scores.astype(np.float64) - zero_point) * scale)
+        i = int(scores.argmax())
+        total = (float(np.add.reduce(scores, dtype=np.int64)) - scores.size * zero_point) * scale
+        lowest = (float(np.minimum.reduce(scores)) - zero_point) * scale
+        value = (float(scores[i]) - zero_point) * scale
+    else:
+        i = int(scores.argmax())
+        total = float(np.add.reduce(scores, dtype=np.float64))
+        lowest = value = 0.0
+        if 0.98 <= total <= 1.02:
+            lowest, value = float(np.minimum.reduce(scores)), float(scores[i])
+    return i, (value if 0.98 <= total <= 1.02 and lowest >= 0.0 else None)
 
 
 def _label_index(labels: list[str], label: str | int) -> int:

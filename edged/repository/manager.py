@@ -61,7 +61,9 @@ VALIDATION_RETRY_S = 60.0
 
 
 def _finite(array: np.ndarray) -> bool:
-    return array.dtype.kind != "f" or bool(np.isfinite(array).all())
+    # np.logical_and.reduce, not .all(): this runs after every request, and .all() goes
+    # through numpy's Python wrapper.
+    return array.dtype.kind != "f" or bool(np.logical_and.reduce(np.isfinite(array), axis=None))
 
 
 @dataclass
@@ -795,7 +797,8 @@ class ModelManager:
         nonfinite: bool | None = bool(outputs) and any(not _finite(o) for o in outputs)
         if nonfinite and inputs is not None and not all(_finite(x) for x in inputs):
             nonfinite = None
-        guess = health.top1(model.scores(outputs)) if ok and outputs and nonfinite is False else None
+        scores = model.classifier_output(outputs) if ok and outputs and nonfinite is False else None
+        guess = health.top1(*scores) if scores is not None else None
         self.health.record(model.name, model.version, ok=ok, nonfinite=bool(nonfinite),
                            latency_us=latency_us if latency_us is not None else invoke_us,
                            request_id=request_id, top1=guess, labels=model.labels)

@@ -340,18 +340,27 @@ class LoadedModel:
         self.recent_invoke_us.append(int(invoke_us))
         return RunResult(outputs, int(invoke_us), cpu_s, self.spec.solo_threads if solo else self.spec.num_threads)
 
-    def scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray | None:
-        """The first output as a classifier's dequantized float64 scores, or None if it is not one."""
+    def classifier_output(self, outputs: Sequence[np.ndarray]) -> tuple[np.ndarray, float, int] | None:
+        """The first output as a classifier's flat scores, as the model gave them (no copy), with
+        the (scale, zero point) that dequantize an integer output (scale 0: none); None if it is not one."""
         if not outputs:
             return None
         out = np.asarray(outputs[0])
         if out.ndim > 2 or (out.ndim == 2 and out.shape[0] != 1):
             return None
         spec = self.outputs[0]
-        values = out.reshape(-1).astype(np.float64)
         if spec.dtype.kind in "iu" and spec.scale:
-            values = (values - spec.zero_point) * spec.scale
-        return values
+            return out.reshape(-1), spec.scale, spec.zero_point
+        return out.reshape(-1), 0.0, 0
+
+    def scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray | None:
+        """The first output as a classifier's dequantized float64 scores, or None if it is not one."""
+        found = self.classifier_output(outputs)
+        if found is None:
+            return None
+        raw, scale, zero_point = found
+        values = raw.astype(np.float64)
+        return (values - zero_point) * scale if scale else values
 
     def top_k(self, outputs: Sequence[np.ndarray], k: int) -> list[dict[str, Any]] | None:
         """Top-k of the first output for a classifier ([1, N] or [N]); scores dequantized, non-finite ones None."""

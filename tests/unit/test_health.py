@@ -29,6 +29,20 @@ def test_top1_gives_a_probability_only_for_distributions():
     assert top1(None) is None
 
 
+def test_top1_of_quantized_scores_dequantizes_only_what_it_needs_and_agrees_with_the_full_dequantization():
+    probs = np.array([10, 200, 45], np.uint8)  # sums to 255: a distribution at scale 1/255
+    assert top1(probs, 1 / 255, 0) == (1, pytest.approx(200 / 255))
+    assert top1(np.array([138, 128, 128], np.uint8), 0.5, 128) == (0, None)  # scores 5, 0, 0: no distribution
+    assert top1(np.array([1, 3], np.int8), -0.25, 0) == (0, None)  # a negative scale reverses the order
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        q = rng.integers(0, 256, 1001).astype(np.uint8)
+        zero_point = int(rng.choice([0, 0, 7]))  # with 0 the scores are a distribution, with 7 they are not
+        scale = 1.0 / float(q.astype(np.int64).sum())
+        full = top1((q.astype(np.float64) - zero_point) * scale)
+        assert top1(q, scale, zero_point) == (full[0], pytest.approx(full[1]) if full[1] is not None else None)
+
+
 def test_feedback_matches_by_label_text_index_or_verdict():
     b = book()
     predict(b, "a", 7)

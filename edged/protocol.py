@@ -107,7 +107,9 @@ def check_message_size(frames: Sequence[Any], max_bytes: int) -> None:
     Every socket's messages are held to ``server.max_message_bytes`` here; libzmq's
     MAXMSGSIZE (4x it) only bounds one frame, before it is read.
     """
-    size = sum(len(f) for f in frames)
+    size = 0
+    for f in frames:  # a loop, not sum() over a generator: this runs for every message
+        size += len(f)
     if size > max_bytes:
         raise RequestError(f"message is {size} bytes, limit {max_bytes} (server.max_message_bytes)",
                            code=ErrorCode.TOO_LARGE)
@@ -184,6 +186,14 @@ def is_dtype_name(value: Any) -> bool:
     return isinstance(value, str) and value in DTYPES
 
 
+def _dims(shape: list[Any]) -> bool:
+    """Whether every entry of ``shape`` is an int dimension (a loop: cheaper than all() over a generator)."""
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < 2**31:
+            return False
+    return True
+
+
 def array_from_frame(meta: Any, frame: bytes | memoryview, index: int) -> np.ndarray:
     """Rebuild a tensor from its header entry and raw frame, without copying.
 
@@ -197,11 +207,7 @@ def array_from_frame(meta: Any, frame: bytes | memoryview, index: int) -> np.nda
     if not is_dtype_name(dtype_name):
         raise RequestError(f"tensor {index}: dtype {dtype_name!r} not supported", code=ErrorCode.BAD_DTYPE)
     shape = meta.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > 8
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)
-    ):
+    if not isinstance(shape, list) or len(shape) > 8 or not _dims(shape):
         raise RequestError(f"tensor {index}: shape {shape!r} is not a list of non-negative ints", code=ErrorCode.BAD_SHAPE)
     dtype = DTYPES[dtype_name]
     expected = dtype.itemsize * math.prod(shape)  # exact ints; ~20x cheaper than np.prod per request

@@ -83,6 +83,9 @@ class Admission:
     counter: Literal["throttled", "shed"] | None = None
 
 
+_ADMITTED = Admission(True, None, "admitted")  # frozen: one instance serves every admission
+
+
 def expired(deadline_at: float | None, now: float) -> bool:
     """True if ``deadline_at`` (same clock as ``now``) has passed; None never expires."""
     return deadline_at is not None and now >= deadline_at
@@ -183,7 +186,7 @@ class Governor:
                                             + (" (low needs the bucket half full)" if priority == "low" else ""))
                     self._tokens -= 1.0
             self._counts["admitted"] += 1
-            return Admission(True, None, "admitted")
+            return _ADMITTED
 
     # -- duty cycle --------------------------------------------------------------------------
 
@@ -260,8 +263,10 @@ class Governor:
             return self._allowance(priority)
 
     def _allowance(self, priority: str) -> int:
+        if priority == "high":
+            return self.queue_size
         limit = self._queue_limit()
-        return {"high": self.queue_size, "normal": limit, "low": max(1, limit // 2)}[priority]
+        return limit if priority == "normal" else max(1, limit // 2)
 
     def _queue_limit(self) -> int:
         q = self._profile.queue_size

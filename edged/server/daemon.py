@@ -103,6 +103,38 @@ _STOP_MARGIN_S = 3 * _JOIN_S + 5.0
 #: but in one direction; no change at c=1 or in swaps (docs/benchmarks.md, round 3).
 _GIL_SWITCH_S = 0.0005
 
+# The request path calls the socket's own methods with int flags.  pyzmq's Python
+# conveniences (enum flag arithmetic, recv_multipart's RCVMORE look-ups, send_multipart's
+# per-part checks and send's draft-socket options) cost a lone request about 30
+# interpreted calls, each from a cold cache after the invoke() (docs/benchmarks.md, round 5).
+_EVENTS, _POLLIN, _SNDMORE, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.SNDMORE), int(zmq.NOBLOCK)
+_send_part = zmq.backend.Socket.send  # below the sugar layer: no routing_id/group, which only draft sockets use
+
+
+def _waiting(sock: zmq.Socket) -> bool:
+    """Whether a whole message waits on ``sock`` (ZMQ_EVENTS: far cheaper than ending on zmq.Again)."""
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+
+
+def _recv_message(sock: zmq.Socket) -> list[zmq.Frame]:
+    """The next message's frames, zero-copy; raises zmq.Again when none waits."""
+    frame = sock.recv(_NOBLOCK, copy=False)
+    frames = [frame]
+    while frame.more:  # a message arrives whole: its other parts are there too
+        frame = sock.recv(_NOBLOCK, copy=False)
+        frames.append(frame)
+    return frames
+
+
+def _send_message(sock: zmq.Socket, parts: list[Any]) -> None:
+    """Send ``parts`` as one message, zero-copy where pyzmq's copy threshold allows."""
+    for part in parts:  # a part that is not a buffer fails here, before the first part leaves
+        if not isinstance(part, (zmq.Frame, bytes)):
+            memoryview(part)
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        _send_part(sock, part, 0 if i == last else _SNDMORE, False)
+
 
 class _Timer:
     __slots__ = ("interval", "fn", "due", "name")
@@ -126,7 +158,7 @@ class Daemon:
         self._timers: list[_Timer] = []
         self.workers: WorkerPool | None = None
         self.busy_since: dict[int, float | None] = {}
-        self.inline_runs = 0  # requests the main loop ran itself (see _may_run_inline)
+        self.inline_runs = 0  # requests the main loop ran itself (see _take_inline)
         self._stop_reason = ""
         self._drain_deadline: float | None = None
         self._ipc_files: list[Path] = []
@@ -528,12 +560,13 @@ class Daemon:
 
     def _read(self, endpoint: str, sock: zmq.Socket) -> None:
         # Read everything that is waiting, but give other sockets a turn after a batch.
-        # Checking ZMQ_EVENTS is ~4x cheaper than ending each batch on a zmq.Again.
-        for _ in range(256):
-            if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+        # Checking ZMQ_EVENTS is ~4x cheaper than ending each batch on a zmq.Again; the
+        # first message needs no check, as the poll that called us just saw it.
+        for n in range(256):
+            if n and not _waiting(sock):
                 return
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = _recv_message(sock)
             except zmq.Again:
                 return
             try:
@@ -584,7 +617,7 @@ class Daemon:
 
     def _send(self, endpoint: str, envelope: list[Any], header: bytes, frames: list[Any]) -> None:
         try:
-            self._reply_socks[endpoint].send_multipart([*envelope, header, *frames], copy=False)
+            _send_message(self._reply_socks[endpoint], [*envelope, header, *frames])
         except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH with ROUTER_MANDATORY) or shutting down
             log.debug("reply dropped: %s", exc)
         except Exception:  # noqa: BLE001 - one reply must never end the main loop
@@ -716,7 +749,7 @@ class Daemon:
         deadline = req.received + h["deadline_ms"] / 1000.0 if h.get("deadline_ms") is not None else None
         req.extra["model"] = model
         job = Job(req, model, deadline, int(h.get("top_k", 0)), priority, wait)
-        if self._may_run_inline(job):
+        if self._take_inline(job):
             self._run_inline(job)
             return job
         try:
@@ -748,11 +781,15 @@ class Daemon:
 
     def _run_job(self, worker_id: int, job: Job,
                  defer: list[Callable[[], None]] | None = None) -> tuple[dict[str, Any], list[Any]]:
-        """Run one taken job as ``worker_id``: its reply (a result or an error), and ``scheduler.done()``."""
+        """Run one taken job as ``worker_id``: its reply (a result or an error), and ``scheduler.done()``.
+
+        ``defer`` is given by the main loop running a job inline (:meth:`_run_inline`):
+        the bookkeeping is appended to it, to run once the reply is sent.
+        """
         began = self.clock.monotonic()
         service_s: float | None = None
         try:
-            header, arrays = self._process(worker_id, job, defer)
+            header, arrays = self._process(worker_id, job, began, defer)
             service_s = self.clock.monotonic() - began
         except Exception as exc:
             header, arrays = error_reply(job.req.id, job.req.op, exc), []
@@ -771,13 +808,14 @@ class Daemon:
             self.scheduler.done(service_s)
         return header, arrays
 
-    def _may_run_inline(self, job: Job) -> bool:
-        """Whether the main loop may run ``job`` itself, with no hand-off to a worker.
+    def _take_inline(self, job: Job) -> bool:
+        """Whether the main loop runs ``job`` itself, with no hand-off to a worker; if so, it is
+        counted as taken (:meth:`Scheduler.take_if_idle`) and :meth:`_run_inline` must run it.
 
         The two thread hand-offs (main loop → worker → main loop) cost a lone
         request about as much as the rest of the daemon's work on it.  So a request
         that would run solo anyway runs right here: nothing else taken or queued (one
-        look at the scheduler, :meth:`Scheduler.idle`) nor waiting on the
+        look at the scheduler, the last condition, which also takes it) nor waiting on the
         socket (requests that pile up go to the workers and run side by side), a
         solo interpreter the power profile allows, a quick model (its last ``invoke()`` within
         ``server.inline_max_ms``, so control requests and timers wait about that long
@@ -794,13 +832,14 @@ class Daemon:
         return (limit_us > 0 and job.req.endpoint == "predict" and not job.wait and bool(recent)
                 and recent[-1] <= limit_us
                 and not any(meta.get("encoding") == "image" for meta in job.req.header["inputs"])
-                and self._solo_fits(job.model) and self.scheduler.idle()
-                and not self.predict_sock.get(zmq.EVENTS) & zmq.POLLIN
-                and self.power.governor.wait_before_invoke(0) == 0.0)
+                and self._solo_fits(job.model)
+                and not _waiting(self.predict_sock)
+                and self.power.governor.wait_before_invoke(0) == 0.0
+                and self.scheduler.take_if_idle())
 
     def _run_inline(self, job: Job) -> None:
-        """Run ``job`` on this (main) thread as worker 0, which is idle; reply before the bookkeeping."""
-        self.scheduler.take_inline()
+        """Run ``job`` (taken by :meth:`_take_inline`) on this (main) thread as worker 0, which
+        is idle; reply before the bookkeeping."""
         self.inline_runs += 1
         after: list[Callable[[], None]] = []
         header, arrays = self._run_job(0, job, after)
@@ -811,13 +850,15 @@ class Daemon:
             except Exception:  # noqa: BLE001 - the reply is sent; a second one must not follow
                 log.exception("bookkeeping after request %r failed", job.req.id)
 
-    def _process(self, worker_id: int, job: Job,
+    def _process(self, worker_id: int, job: Job, start: float,
                  defer: list[Callable[[], None]] | None = None) -> tuple[dict[str, Any], list[Any]]:
-        """Run ``job``: its reply header and outputs.  The bookkeeping (health, probation,
-        statistics) runs before returning, or is appended to ``defer`` for the caller to
-        run once the reply is sent."""
+        """Run ``job``, taken at ``start``: its reply header and outputs.
+
+        The bookkeeping (health, probation, statistics) runs before returning, or is
+        appended to ``defer`` for the caller to run once the reply is sent: only the main
+        loop's inline run (:meth:`_take_inline`) gives ``defer``, and it has already
+        checked what a worker checks here."""
         req, model = job.req, job.model
-        start = self.clock.monotonic()
         if job.deadline is not None and start >= job.deadline:  # deadline_ms=0: due on receipt
             raise DeadlineExceeded(f"deadline passed {1000 * (start - job.deadline):.0f} ms before it could start")
         names, arrays = [], []
@@ -835,9 +876,13 @@ class Daemon:
             else:
                 arrays.append(protocol.array_from_frame(meta, frame.buffer, i))
         ordered = model.arrange(names, arrays)
-        self.power.pace(worker_id, job.priority, job.deadline, job.wait)
+        if defer is None:  # a worker: wait out the rate limit and duty cycle, then ask for every core
+            self.power.pace(worker_id, job.priority, job.deadline, job.wait)
+            alone = self._may_run_solo(model)
+        else:  # inline (_take_inline): no pause is due, the solo interpreter fits, nothing else runs
+            alone = True
         started = self.busy_since[worker_id] = self.clock.monotonic()
-        result = model.run(ordered, alone=self._may_run_solo(model))
+        result = model.run(ordered, alone=alone)
         self.busy_since[worker_id] = None
         self.power.record(worker_id, started, result.invoke_us / 1e6)
         # A daemon-unique id an application quotes in a later ``feedback`` (clients' own

@@ -68,17 +68,18 @@ def _refused_while_draining(command: ModuleType, endpoint: str) -> bool:
 
 def dispatch(daemon: DaemonAPI, req: Request) -> None:
     """Run the command named by ``req.op``; any failure is answered as an error reply."""
+    op = req.op
     try:
-        command = commands.REGISTRY.get(req.op) if isinstance(req.op, str) else None
+        command = commands.REGISTRY.get(op) if isinstance(op, str) else None
         if command is None or req.endpoint not in command.ENDPOINTS:
             where = "" if command is None else f" on the {req.endpoint} endpoint"
-            raise RequestError(f"unknown op {req.op!r}{where}", code=ErrorCode.UNKNOWN_OP)
+            raise RequestError(f"unknown op {op!r}{where}", code=ErrorCode.UNKNOWN_OP)
         command.validate(req.header, req.frames)
         if daemon.state is DaemonState.DRAINING and _refused_while_draining(command, req.endpoint):
-            raise RetryableError(f"daemon is shutting down; {req.op} refused", code=ErrorCode.SHUTTING_DOWN)
+            raise RetryableError(f"daemon is shutting down; {op} refused", code=ErrorCode.SHUTTING_DOWN)
         result = command.execute(daemon, req)
     except Exception as exc:
-        daemon.reply(req, error_reply(req.id, req.op, exc))
+        daemon.reply(req, error_reply(req.id, op, exc))
         return
     if result is not None:
         daemon.reply(req, result)

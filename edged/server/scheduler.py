@@ -46,18 +46,21 @@ class Scheduler:
         self._queues: dict[str, dict[Any, deque[Any]]] = {p: {} for p in _ORDER}
         self._queued = 0
         self._per_client: dict[Any, int] = {}
-        self._cond = threading.Condition()
+        # Callers that do not wait take the plain lock: Condition's own ``with`` is Python-level
+        # code, and a lone request takes the lock three times.  Nothing here re-enters it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._closed = False
         self.active = 0  # jobs taken by workers and not yet done
         self.max_active: int | None = None  # concurrency bound (power governor); None = workers
 
     def depth(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._queued
 
     def depth_for(self, client: Any) -> int:
         """The queue depth ``client`` competes with: a place :meth:`submit` would free for it does not count."""
-        with self._cond:
+        with self._lock:
             return self._queued - (1 if self._hog_over(self._per_client.get(client, 0)) is not None else 0)
 
     def _hog_over(self, held: int) -> Any | None:
@@ -79,7 +82,7 @@ class Scheduler:
         holds more than ``client`` + 1: then there is nobody fairer to take the place from.
         """
         full = self.queue_size if capacity is None else min(capacity, self.queue_size)
-        with self._cond:
+        with self._lock:
             held = self._per_client.get(client, 0)
             if held >= self.max_per_client < self.queue_size:  # a cap below the queue's own
                 raise Throttled(f"this client already has {held} requests queued (limit {self.max_per_client} "
@@ -120,7 +123,7 @@ class Scheduler:
 
     def get(self, worker_id: int | None = None) -> Any | None:
         """Block until ``worker_id`` may take a job and one is queued; None once closed."""
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closed:
                     return None
@@ -167,7 +170,7 @@ class Scheduler:
 
     def done(self, service_s: float | None = None) -> None:
         """A worker finished a job; ``service_s`` is how long it took (None: not run, e.g. expired)."""
-        with self._cond:
+        with self._lock:
             self.active -= 1
             if service_s is not None and service_s >= 0:
                 self.service_s += _ALPHA * (service_s - self.service_s)
@@ -177,32 +180,37 @@ class Scheduler:
             if self.max_active is not None and self._queued:
                 self._cond.notify_all()
 
-    def take_inline(self) -> None:
-        """Count a job the caller runs itself, without queueing it; end it with :meth:`done`."""
-        with self._cond:
-            self.active += 1
+    def take_if_idle(self) -> bool:
+        """Count a job the caller runs itself, without queueing it, if nothing else is taken or
+        queued (:meth:`idle`); end it with :meth:`done`.  One look under the lock: nothing can
+        come between the check and the count."""
+        with self._lock:
+            if self.active or self._queued:
+                return False
+            self.active = 1
+            return True
 
     def alone(self) -> bool:
         """True while at most one job is taken and none waits: that one may use every core."""
-        with self._cond:
+        with self._lock:
             return self.active <= 1 and not self._queued
 
     def set_max_active(self, value: int | None) -> None:
-        with self._cond:
+        with self._lock:
             self.max_active = value
             self._cond.notify_all()
 
     def idle(self) -> bool:
-        """Nothing taken, nothing queued: a job taken now (:meth:`take_inline`) runs alone.
+        """Nothing taken, nothing queued: a job taken now (:meth:`take_if_idle`) runs alone.
 
         (Every concurrency bound is at least 1, so an idle scheduler always lets one run.)
         """
-        with self._cond:
+        with self._lock:
             return self.active == 0 and not self._queued
 
     def drain(self) -> list[Any]:
         """Remove and return every queued job (highest priority first); running ones are not touched."""
-        with self._cond:
+        with self._lock:
             jobs = [job for p in _ORDER for q in self._queues[p].values() for job in q]
             for ring in self._queues.values():
                 ring.clear()
@@ -211,6 +219,6 @@ class Scheduler:
             return jobs
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._cond.notify_all()

@@ -106,6 +106,6 @@ def test_a_lone_quick_predict_runs_on_the_main_loop_whoever_submits_it_and_a_fri
         # Everything else the same, a frame from the Frigate socket stays off the main loop: its
         # worker or the budget expiry answers it, whichever claims it first.
         frame = Request("frigate", [zmq.Frame(b"F")], dict(header), [zmq.Frame(x.tobytes())], d.clock.monotonic())
-        assert not d._may_run_inline(Job(frame, model, None, 0, "normal", wait=False))
+        assert not d._take_inline(Job(frame, model, None, 0, "normal", wait=False))
     finally:
         d.shutdown()

@@ -71,7 +71,7 @@ def test_alone_means_one_job_taken_and_none_waiting():
 
 def test_a_job_run_inline_counts_as_taken_until_done():
     s = Scheduler(queue_size=10, workers=2)
-    s.take_inline()
+    assert s.take_if_idle()
     assert (s.active, s.idle(), s.alone()) == (1, False, True)
     s.submit("b")
     assert not s.alone()  # a request queued behind it goes to a worker, not solo
@@ -87,14 +87,15 @@ def test_idle_means_nothing_taken_and_nothing_queued_under_any_bound():
     assert s.idle()
     s.submit("a")
     assert not s.idle()  # queued: it would run beside the caller's
+    assert not s.take_if_idle() and s.active == 0  # so the caller does not take one
     assert s.get(0) == "a"
     assert s.alone() and not s.idle()  # the taken one is alone; a second one would not be
     s.done()
     assert s.idle()
     s.set_max_active(1)  # the tightest bound a power profile sets
     assert s.idle()
-    s.take_inline()
-    assert not s.idle()
+    assert s.take_if_idle()
+    assert not s.idle() and not s.take_if_idle()  # taken: a second one is not alone
     s.done()
     assert s.idle()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -105,8 +106,8 @@ def test_finishing_a_job_under_a_bound_wakes_a_worker_held_back_by_it() -> None:
 class CountingCondition:
     """threading.Condition that counts its notifications."""
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
+    def __init__(self, lock: Any) -> None:
+        self._cond = threading.Condition(lock)  # the scheduler's own lock, which its callers hold
         self.notified = 0
 
     def __enter__(self) -> bool:
@@ -134,7 +135,7 @@ def test_finishing_a_job_that_frees_nothing_usable_wakes_nobody(bound) -> None:
     # the reply.
     s = Scheduler(queue_size=10)
     s.set_max_active(bound)
-    s._cond = CountingCondition()  # type: ignore[assignment]
+    s._cond = CountingCondition(s._lock)  # type: ignore[assignment]
     s.submit("a")
     assert s.get(0) == "a"
     if bound is None:

@@ -814,8 +814,9 @@ class Daemon:
 
         The two thread hand-offs (main loop → worker → main loop) cost a lone
         request about as much as the rest of the daemon's work on it.  So a request
-        that would run solo anyway runs right here: nothing else taken or queued (one
-        look at the scheduler, the last condition, which also takes it) nor waiting on the
+        that would run solo anyway runs right here: nothing else taken or queued (asked
+        early, so that a loaded daemon stops there, and again as the last condition, which
+        takes the job in the same look under the lock) nor waiting on the
         socket (requests that pile up go to the workers and run side by side), a
         solo interpreter the power profile allows, a quick model (its last ``invoke()`` within
         ``server.inline_max_ms``, so control requests and timers wait about that long
@@ -832,7 +833,7 @@ class Daemon:
         return (limit_us > 0 and job.req.endpoint == "predict" and not job.wait and bool(recent)
                 and recent[-1] <= limit_us
                 and not any(meta.get("encoding") == "image" for meta in job.req.header["inputs"])
-                and self._solo_fits(job.model)
+                and self._solo_fits(job.model) and self.scheduler.idle()
                 and not _waiting(self.predict_sock)
                 and self.power.governor.wait_before_invoke(0) == 0.0
                 and self.scheduler.take_if_idle())

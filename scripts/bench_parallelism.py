@@ -7,9 +7,13 @@ latency (concurrency 1) of every one and throughput at concurrency 1, 2 and 4
 (client processes) of every daemon, interleaved, so each setting sees the same
 patch of a shared, noisy box.  Prints pooled figures and per-round ratios.
 
+``--tree NAME=PATH`` adds a daemon with the default settings run from another checkout
+(an A/B of source trees: ``--only by-load --tree base=../edged-old`` compares this tree
+with that one).
+
 Usage::
 
-    python scripts/bench_parallelism.py [--rounds 3] [--n 300] [--window 5]
+    python scripts/bench_parallelism.py [--rounds 3] [--n 300] [--window 5] [--only NAME ...] [--tree NAME=PATH ...]
 """
 
 from __future__ import annotations
@@ -41,12 +45,23 @@ def main() -> int:
     p.add_argument("--window", type=float, default=5.0, help="throughput window, seconds")
     p.add_argument("--runtime", default="auto")
     p.add_argument("--only", nargs="*", help="settings to run (default: all)")
+    p.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                   help="also run a default-settings daemon from the checkout at PATH (repeatable)")
     args = p.parse_args()
+    trees: dict[str, Path] = {}
+    for spec in args.tree:
+        name, _, path = spec.partition("=")
+        # Resolved: each daemon runs in its own directory, where a relative path means nothing.
+        root = Path(path).resolve()
+        if not name or name in SETTINGS or name in trees or not (root / "edged" / "__init__.py").is_file():
+            p.error(f"--tree {spec!r}: want a new NAME=PATH, PATH a checkout with edged/__init__.py")
+        trees[name] = root
     from edged.repository.pack import pack
     from edged.testing.tflite_build import mobilenet_class_model
 
     env = bench.bench_env()
     settings = {k: v for k, v in SETTINGS.items() if not args.only or k in args.only}
+    settings |= {name: ("", f"default settings, code from {root}") for name, root in trees.items()}
     out: dict = {"load_start": os.getloadavg(), "settings": {k: v[1] for k, v in settings.items()}}
     with bench.scratch("edged-par-", False) as (workdir, daemons):
         src = workdir / "m.tflite"
@@ -63,7 +78,8 @@ def main() -> int:
             sub = bench.private_copy(repo, workdir / name)
             (sub / "edged.toml").write_text(toml)
             ep = f"ipc://{sub}/p.sock"
-            bench.start_daemon(daemons, sub / "models", ep, f"ipc://{sub}/c.sock", sub, args.runtime, None, env, name)
+            denv = {**env, "PYTHONPATH": str(trees[name])} if name in trees else env
+            bench.start_daemon(daemons, sub / "models", ep, f"ipc://{sub}/c.sock", sub, args.runtime, None, denv, name)
             eps[name] = ep
         floor_ep = f"ipc://{workdir}/floor.sock"
         with bench.floor_servers([floor_ep], 2, vdir / "model.tflite", args.runtime, env):

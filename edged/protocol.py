@@ -186,8 +186,9 @@ def is_dtype_name(value: Any) -> bool:
     return isinstance(value, str) and value in DTYPES
 
 
-def _dims(shape: list[Any]) -> bool:
-    """Whether every entry of ``shape`` is an int dimension (a loop: cheaper than all() over a generator)."""
+def _all_dims(shape: list[Any]) -> bool:
+    """Whether every entry of ``shape`` is an int in 0 .. 2**31 - 1, not a bool (a loop:
+    cheaper than all() over a generator, and this runs for every tensor)."""
     for d in shape:
         if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < 2**31:
             return False
@@ -207,7 +208,7 @@ def array_from_frame(meta: Any, frame: bytes | memoryview, index: int) -> np.nda
     if not is_dtype_name(dtype_name):
         raise RequestError(f"tensor {index}: dtype {dtype_name!r} not supported", code=ErrorCode.BAD_DTYPE)
     shape = meta.get("shape")
-    if not isinstance(shape, list) or len(shape) > 8 or not _dims(shape):
+    if not isinstance(shape, list) or len(shape) > 8 or not _all_dims(shape):
         raise RequestError(f"tensor {index}: shape {shape!r} is not a list of non-negative ints", code=ErrorCode.BAD_SHAPE)
     dtype = DTYPES[dtype_name]
     expected = dtype.itemsize * math.prod(shape)  # exact ints; ~20x cheaper than np.prod per request

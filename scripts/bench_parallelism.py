@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,6 +80,11 @@ def main() -> int:
             (sub / "edged.toml").write_text(toml)
             ep = f"ipc://{sub}/p.sock"
             denv = {**env, "PYTHONPATH": str(trees[name])} if name in trees else env
+            if name in trees:  # the A/B is void if the daemon imports some other checkout
+                where = subprocess.run([sys.executable, "-c", "import edged; print(edged.__file__)"], env=denv,
+                                       cwd=sub, capture_output=True, text=True, check=True).stdout.strip()
+                if not Path(where).resolve().is_relative_to(trees[name]):
+                    raise SystemExit(f"--tree {name}: the daemon would import {where}, not the tree's code")
             bench.start_daemon(daemons, sub / "models", ep, f"ipc://{sub}/c.sock", sub, args.runtime, None, denv, name)
             eps[name] = ep
         floor_ep = f"ipc://{workdir}/floor.sock"

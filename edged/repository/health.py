@@ -85,21 +85,21 @@ def top1(scores: np.ndarray | None, scale: float = 0.0, zero_point: int = 0) -> 
     """
     if scores is None or scores.size < 2:
         return None
+    quantized = bool(scale) and scores.dtype.kind in "iu"
+    if quantized and scale < 0:  # the order reverses: dequantize them all
+        return top1((scores.astype(np.float64) - zero_point) * scale)
     # The ufuncs' own reduce, not ndarray.sum()/.min(): those go through numpy's Python wrappers.
-    if scale and scores.dtype.kind in "iu":
-        if scale < 0:  # the order reverses: dequantize them all
-            return top1((scores.astype(np.float64) - zero_point) * scale)
-        i = int(scores.argmax())
+    i = int(scores.argmax())
+    if quantized:
         total = (float(np.add.reduce(scores, dtype=np.int64)) - scores.size * zero_point) * scale
-        lowest = (float(np.minimum.reduce(scores)) - zero_point) * scale
-        value = (float(scores[i]) - zero_point) * scale
     else:
-        i = int(scores.argmax())
         total = float(np.add.reduce(scores, dtype=np.float64))
-        lowest = value = 0.0
-        if 0.98 <= total <= 1.02:
-            lowest, value = float(np.minimum.reduce(scores)), float(scores[i])
-    return i, (value if 0.98 <= total <= 1.02 and lowest >= 0.0 else None)
+    if not 0.98 <= total <= 1.02:
+        return i, None
+    lowest, value = float(np.minimum.reduce(scores)), float(scores[i])
+    if quantized:
+        lowest, value = (lowest - zero_point) * scale, (value - zero_point) * scale
+    return i, (value if lowest >= 0.0 else None)
 
 
 def _label_index(labels: list[str], label: str | int) -> int:

@@ -133,7 +133,15 @@ def _send_message(sock: zmq.Socket, parts: list[Any]) -> None:
             memoryview(part)
     last = len(parts) - 1
     for i, part in enumerate(parts):
-        _send_part(sock, part, 0 if i == last else _SNDMORE, False)
+        try:
+            _send_part(sock, part, 0 if i == last else _SNDMORE, False)
+        except BaseException:
+            if i:  # parts already left: end the message, or the next reply would be glued onto it
+                try:
+                    _send_part(sock, b"", 0, False)
+                except zmq.ZMQError:
+                    pass
+            raise
 
 
 class _Timer:
@@ -779,17 +787,17 @@ class Daemon:
             header, arrays = self._run_job(worker_id, job)
             self.post(job.req, header, arrays)
 
-    def _run_job(self, worker_id: int, job: Job,
-                 defer: list[Callable[[], None]] | None = None) -> tuple[dict[str, Any], list[Any]]:
+    def _run_job(self, worker_id: int, job: Job, defer: list[Callable[[], None]] | None = None,
+                 inline: bool = False) -> tuple[dict[str, Any], list[Any]]:
         """Run one taken job as ``worker_id``: its reply (a result or an error), and ``scheduler.done()``.
 
-        ``defer`` is given by the main loop running a job inline (:meth:`_run_inline`):
-        the bookkeeping is appended to it, to run once the reply is sent.
+        With ``defer`` the bookkeeping is appended to it, to run once the reply is sent.
+        ``inline``: the main loop runs it (:meth:`_run_inline`), see :meth:`_process`.
         """
         began = self.clock.monotonic()
         service_s: float | None = None
         try:
-            header, arrays = self._process(worker_id, job, began, defer)
+            header, arrays = self._process(worker_id, job, began, defer, inline)
             service_s = self.clock.monotonic() - began
         except Exception as exc:
             header, arrays = error_reply(job.req.id, job.req.op, exc), []
@@ -843,7 +851,7 @@ class Daemon:
         is idle; reply before the bookkeeping."""
         self.inline_runs += 1
         after: list[Callable[[], None]] = []
-        header, arrays = self._run_job(0, job, after)
+        header, arrays = self._run_job(0, job, after, inline=True)
         self.reply(job.req, header, arrays)
         for fn in after:
             try:
@@ -851,14 +859,15 @@ class Daemon:
             except Exception:  # noqa: BLE001 - the reply is sent; a second one must not follow
                 log.exception("bookkeeping after request %r failed", job.req.id)
 
-    def _process(self, worker_id: int, job: Job, start: float,
-                 defer: list[Callable[[], None]] | None = None) -> tuple[dict[str, Any], list[Any]]:
+    def _process(self, worker_id: int, job: Job, start: float, defer: list[Callable[[], None]] | None = None,
+                 inline: bool = False) -> tuple[dict[str, Any], list[Any]]:
         """Run ``job``, taken at ``start``: its reply header and outputs.
 
         The bookkeeping (health, probation, statistics) runs before returning, or is
-        appended to ``defer`` for the caller to run once the reply is sent: only the main
-        loop's inline run (:meth:`_take_inline`) gives ``defer``, and it has already
-        checked what a worker checks here."""
+        appended to ``defer`` for the caller to run once the reply is sent.  An
+        ``inline`` job (:meth:`_take_inline`) skips the worker's pacing and solo checks:
+        the inline decision has just made them (no ``wait``, no duty-cycle pause due,
+        the solo interpreter fits, nothing else taken or queued)."""
         req, model = job.req, job.model
         if job.deadline is not None and start >= job.deadline:  # deadline_ms=0: due on receipt
             raise DeadlineExceeded(f"deadline passed {1000 * (start - job.deadline):.0f} ms before it could start")
@@ -877,11 +886,11 @@ class Daemon:
             else:
                 arrays.append(protocol.array_from_frame(meta, frame.buffer, i))
         ordered = model.arrange(names, arrays)
-        if defer is None:  # a worker: wait out the rate limit and duty cycle, then ask for every core
+        if inline:
+            alone = True
+        else:  # a worker: wait out the rate limit and duty cycle, then ask for every core
             self.power.pace(worker_id, job.priority, job.deadline, job.wait)
             alone = self._may_run_solo(model)
-        else:  # inline (_take_inline): no pause is due, the solo interpreter fits, nothing else runs
-            alone = True
         started = self.busy_since[worker_id] = self.clock.monotonic()
         result = model.run(ordered, alone=alone)
         self.busy_since[worker_id] = None

@@ -46,8 +46,9 @@ class Scheduler:
         self._queues: dict[str, dict[Any, deque[Any]]] = {p: {} for p in _ORDER}
         self._queued = 0
         self._per_client: dict[Any, int] = {}
-        # Callers that do not wait take the plain lock: Condition's own ``with`` is Python-level
-        # code, and a lone request takes the lock three times.  Nothing here re-enters it.
+        # Every method takes the plain lock; the Condition wraps it only for get()'s wait and
+        # the notifies.  Condition's own ``with`` is Python-level code, and a lone request
+        # takes the lock four times.  Nothing here re-enters it.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._closed = False

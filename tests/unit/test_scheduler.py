@@ -110,12 +110,6 @@ class CountingCondition:
         self._cond = threading.Condition(lock)  # the scheduler's own lock, which its callers hold
         self.notified = 0
 
-    def __enter__(self) -> bool:
-        return self._cond.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._cond.__exit__(*exc)
-
     def wait(self, timeout: float | None = None) -> bool:
         return self._cond.wait(timeout)
 

@@ -63,3 +63,16 @@ def test_a_part_that_is_no_buffer_fails_before_any_part_leaves(pair):
     _send_message(router, [*envelope, b"next"])
     assert dealer.poll(5000) and dealer.recv_multipart() == [b"next"]
     assert not dealer.poll(100)
+
+
+def test_a_part_that_fails_after_others_left_ends_that_message_so_the_next_reply_stands_alone(pair):
+    router, dealer = pair
+    dealer.send(b"hello")
+    assert router.poll(5000)
+    envelope = _recv_message(router)[:1]
+    strided = np.arange(10, dtype=np.float32)[::2]  # a buffer, but not one ZeroMQ can send
+    with pytest.raises((BufferError, ValueError)):
+        _send_message(router, [*envelope, b"header", strided])
+    _send_message(router, [*envelope, b"next"])
+    assert dealer.poll(5000) and dealer.recv_multipart() == [b"header", b""]  # cut short, not glued on
+    assert dealer.poll(5000) and dealer.recv_multipart() == [b"next"]

@@ -48,7 +48,7 @@ from edged.server.frigate import FrigateEndpoint
 from edged.server.instance import REPOSITORY_LOCK, RUNTIME_LOCK, InstanceLock
 from edged.server.metrics import Stats, prometheus_text, serve_metrics
 from edged.server.notify import Notifier, WatchdogGate
-from edged.server.powerctl import PowerController, ProfileChange
+from edged.server.powerctl import DEFERRED, PowerController, ProfileChange
 from edged.server.scheduler import Scheduler
 from edged.server.workers import WorkerPool
 from edged.states import DaemonState
@@ -58,16 +58,18 @@ log = logging.getLogger("edged.server")
 
 
 class Job:
-    __slots__ = ("req", "model", "deadline", "top_k", "priority", "wait", "claim")
+    __slots__ = ("req", "model", "deadline", "top_k", "priority", "owes_token", "claim")
 
     def __init__(self, req: Request, model: Any, deadline: float | None, top_k: int, priority: str,
-                 wait: bool) -> None:
+                 owes_token: bool) -> None:
         self.req = req
         self.model = model
         self.deadline = deadline
         self.top_k = top_k
         self.priority = priority
-        self.wait = wait
+        # Admitted over the rate limit because it asked to ``wait``: its worker takes the
+        # token (PowerController.pace), so it never runs inline.
+        self.owes_token = owes_token
         # A Frigate frame is answered by whoever takes this first: a worker, or the
         # main loop when the frame is still queued at its deadline (FrigateEndpoint.expire).
         self.claim = threading.Lock() if req.endpoint == "frigate" else None
@@ -748,7 +750,7 @@ class Daemon:
         # job, at the same allowance.  depth_for() gives the governor the depth left after
         # such a push-out, so the scheduler never refuses for a full queue what was admitted.
         refused = self.power.admit(priority, wait, self.scheduler.depth_for(client))
-        if refused is not None:
+        if refused is not None and refused is not DEFERRED:
             if refused.counter == "shed":
                 self.stats.shed(model.name, model.version)
             else:
@@ -756,7 +758,7 @@ class Daemon:
             raise self.power.refusal(refused)
         deadline = req.received + h["deadline_ms"] / 1000.0 if h.get("deadline_ms") is not None else None
         req.extra["model"] = model
-        job = Job(req, model, deadline, int(h.get("top_k", 0)), priority, wait)
+        job = Job(req, model, deadline, int(h.get("top_k", 0)), priority, owes_token=refused is DEFERRED)
         if self._take_inline(job):
             self._run_inline(job)
             return job
@@ -838,7 +840,7 @@ class Daemon:
         """
         limit_us = self.config.server.inline_max_ms * 1000
         recent = job.model.recent_invoke_us
-        return (limit_us > 0 and job.req.endpoint == "predict" and not job.wait and bool(recent)
+        return (limit_us > 0 and job.req.endpoint == "predict" and not job.owes_token and bool(recent)
                 and recent[-1] <= limit_us
                 and not any(meta.get("encoding") == "image" for meta in job.req.header["inputs"])
                 and self._solo_fits(job.model) and self.scheduler.idle()
@@ -866,7 +868,7 @@ class Daemon:
         The bookkeeping (health, probation, statistics) runs before returning, or is
         appended to ``defer`` for the caller to run once the reply is sent.  An
         ``inline`` job (:meth:`_take_inline`) skips the worker's pacing and solo checks:
-        the inline decision has just made them (no ``wait``, no duty-cycle pause due,
+        the inline decision has just made them (no token owed, no duty-cycle pause due,
         the solo interpreter fits, nothing else taken or queued)."""
         req, model = job.req, job.model
         if job.deadline is not None and start >= job.deadline:  # deadline_ms=0: due on receipt
@@ -889,7 +891,7 @@ class Daemon:
         if inline:
             alone = True
         else:  # a worker: wait out the rate limit and duty cycle, then ask for every core
-            self.power.pace(worker_id, job.priority, job.deadline, job.wait)
+            self.power.pace(worker_id, job.priority, job.deadline, job.owes_token)
             alone = self._may_run_solo(model)
         started = self.busy_since[worker_id] = self.clock.monotonic()
         result = model.run(ordered, alone=alone)

@@ -27,6 +27,11 @@ from edged.errors import DeadlineExceeded, ErrorCode, RequestError, Throttled
 from edged.power import Admission, Governor, Policy, PolicyError, PowerConfig, Profile, make_source
 from edged.seams import Clock
 
+#: :meth:`PowerController.admit`'s answer to a ``wait`` request over the rate limit:
+#: admitted, its token still owed (the worker waits for it).  A ``wait`` request that
+#: gets a token at the door owes none and is paced like any other.
+DEFERRED = Admission(False, None, "admitted; its worker waits for a token", "throttled")
+
 log = logging.getLogger("edged.power")
 
 
@@ -102,12 +107,14 @@ class PowerController:
     # -- requests ---------------------------------------------------------------------------
 
     def admit(self, priority: str, wait: bool, queue_depth: int) -> Admission | None:
-        """Door check for one predict: None to admit it, else the refusal (see :meth:`refusal`)."""
+        """Door check for one predict: None to admit it (its token taken), :data:`DEFERRED` to
+        admit a ``wait`` request over the rate limit whose worker waits for its token
+        (:meth:`pace`; the queue bound still applies), else the refusal (see :meth:`refusal`)."""
         adm = self.governor.admit(priority, self.clock.monotonic(), queue_depth)
         if adm.ok:
             return None
         if wait and adm.counter == "throttled":
-            return None  # the worker paces it (see pace()); the queue bound still applies
+            return DEFERRED
         return adm
 
     def refusal(self, adm: Admission) -> Throttled:
@@ -115,7 +122,7 @@ class PowerController:
         return Throttled(f"throttled: {adm.reason}", retry_after_ms=adm.retry_after_ms or 0,
                          profile=self.governor.profile.name)
 
-    def pace(self, worker_id: int, priority: str, deadline: float | None, waited_admission: bool) -> None:
+    def pace(self, worker_id: int, priority: str, deadline: float | None, owes_token: bool) -> None:
         """Worker side: wait for the rate limit (queued requests) and the duty cycle.
 
         Raises :class:`DeadlineExceeded` when the wait would run past the
@@ -123,7 +130,7 @@ class PowerController:
         queued request still finds no token after its wait budget.
         """
         clock = self.clock
-        if waited_admission:
+        if owes_token:  # admitted as DEFERRED: its token is taken here, once
             for _ in range(1000):
                 adm = self.governor.admit(priority, clock.monotonic(), 0)
                 if adm.ok:

@@ -106,14 +106,14 @@ def test_a_lone_quick_predict_runs_on_the_main_loop_whoever_submits_it_and_a_fri
         # Everything else the same, a frame from the Frigate socket stays off the main loop: its
         # worker or the budget expiry answers it, whichever claims it first.
         frame = Request("frigate", [zmq.Frame(b"F")], dict(header), [zmq.Frame(x.tobytes())], d.clock.monotonic())
-        assert not d._take_inline(Job(frame, model, None, 0, "normal", wait=False))
+        assert not d._take_inline(Job(frame, model, None, 0, "normal", owes_token=False))
         # The inline run skips the worker's pacing, so whatever pacing would wait for stays off
-        # the main loop: a request that asked to wait for the rate limit, and any request while
-        # the duty cycle's cool-down runs.  Neither is counted as taken.
+        # the main loop: a request admitted over the rate limit that waits for its token, and
+        # any request while the duty cycle's cool-down runs.  Neither is counted as taken.
         lone = Request("predict", [zmq.Frame(b"A")], dict(header), [zmq.Frame(x.tobytes())], d.clock.monotonic())
-        assert not d._take_inline(Job(lone, model, None, 0, "normal", wait=True))
+        assert not d._take_inline(Job(lone, model, None, 0, "normal", owes_token=True))
         monkeypatch.setattr(d.power.governor, "wait_before_invoke", lambda worker_id, now=None: 0.25)
-        assert not d._take_inline(Job(lone, model, None, 0, "normal", wait=False))
+        assert not d._take_inline(Job(lone, model, None, 0, "normal", owes_token=False))
         assert d.scheduler.idle()
     finally:
         d.shutdown()

@@ -216,3 +216,22 @@ def test_thread_safety_admits_exactly_the_burst() -> None:
         t.join(10)
     assert sum(results) == 50 and len(results) == 800
     assert g.counters() == {"admitted": 50, "throttled": 750, "shed": 0}
+
+
+def test_a_wait_request_takes_one_token_whether_at_the_door_or_from_its_worker():
+    # A `wait` request that gets a token at the door owes none; one over the limit is admitted
+    # as DEFERRED and its worker takes the token (pace).  Each is counted as admitted once.
+    from edged import config as config_mod
+    from edged.server.powerctl import DEFERRED, PowerController
+
+    clock = FakeClock(T0)
+    pc = PowerController(config_mod.load(None, {"power.enabled": False}).power, clock, workers=1, queue_size=8)
+    pc.governor.apply_profile(Profile("limited", max_rps=1.0))  # from unlimited: the bucket starts full (1)
+    assert pc.admit("normal", True, 0) is None
+    pc.pace(0, "normal", None, owes_token=False)  # its worker takes no second token
+    assert pc.governor.counters()["admitted"] == 1
+    assert pc.admit("normal", False, 0) is not None  # the bucket is empty: a plain request is refused
+    assert pc.admit("normal", True, 0) is DEFERRED  # a waiting one is admitted, its token owed
+    clock.advance(1.0)  # one token refills
+    pc.pace(0, "normal", None, owes_token=True)
+    assert pc.governor.counters()["admitted"] == 2

@@ -16,6 +16,7 @@ import zmq
 from edged import config as config_mod
 from edged import protocol
 from edged.errors import Throttled
+from edged.power.config import Profile
 from edged.seams import FakeClock
 from edged.server.api import Request
 from edged.server.daemon import Daemon, Job
@@ -115,5 +116,23 @@ def test_a_lone_quick_predict_runs_on_the_main_loop_whoever_submits_it_and_a_fri
         monkeypatch.setattr(d.power.governor, "wait_before_invoke", lambda worker_id, now=None: 0.25)
         assert not d._take_inline(Job(lone, model, None, 0, "normal", owes_token=False))
         assert d.scheduler.idle()
+    finally:
+        d.shutdown()
+
+
+@pytest.mark.runtime
+def test_a_wait_request_that_gets_a_token_at_the_door_owes_none_and_may_run_inline(repo, sockdir, monkeypatch):
+    d = started(repo, sockdir, **{"runtime.num_threads": 1, "runtime.solo_threads": 2})
+    try:
+        replies: list[dict[str, Any]] = []
+        monkeypatch.setattr(d, "reply", lambda req, header, arrays=None: replies.append(header))
+        d.power.governor.apply_profile(Profile("limited", max_rps=1.0))  # from unlimited: one token in the bucket
+        model = d.models.get(None)
+        model.recent_invoke_us.append(100)
+        x = np.zeros((1, 8, 8, 1), np.float32)
+        header = {"v": 1, "id": "w", "op": "predict", "inputs": [protocol.tensor_meta(x)], "wait": True}
+        d.submit_predict(Request("predict", [zmq.Frame(b"A")], header, [zmq.Frame(x.tobytes())], d.clock.monotonic()))
+        assert [r.get("ok", True) for r in replies] == [True] and d.inline_runs == 1
+        assert d.power.governor.counters()["admitted"] == 1  # one token, taken at the door
     finally:
         d.shutdown()

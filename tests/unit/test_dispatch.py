@@ -67,6 +67,12 @@ def test_a_malformed_request_is_told_what_is_wrong_even_during_a_drain():
     assert call(daemon, "predict", {"op": "swap"})["error"]["code"] == "UNKNOWN_OP"
 
 
+@pytest.mark.parametrize("wait", ["false", 0, 1, None, [], {}])
+def test_wait_must_be_a_json_boolean_so_a_string_false_never_means_true(wait):
+    reply = call(FakeDaemon(DaemonState.RUNNING), "predict", {**PREDICT, "wait": wait}, frames=1)
+    assert reply["error"]["code"] == "BAD_REQUEST" and "'wait'" in reply["error"]["message"]
+
+
 def test_a_running_daemon_admits_the_predict():
     admitted = []
     daemon = FakeDaemon(DaemonState.RUNNING)

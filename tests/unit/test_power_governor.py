@@ -8,9 +8,11 @@ from dataclasses import replace
 
 import pytest
 
+from edged import config as config_mod
 from edged.power.config import DEFAULT_PROFILES, Profile
 from edged.power.governor import Admission, Governor, expired
 from edged.seams import FakeClock
+from edged.server.powerctl import DEFERRED, PowerController
 
 T0 = 1000.0
 
@@ -221,9 +223,6 @@ def test_thread_safety_admits_exactly_the_burst() -> None:
 def test_a_wait_request_takes_one_token_whether_at_the_door_or_from_its_worker():
     # A `wait` request that gets a token at the door owes none; one over the limit is admitted
     # as DEFERRED and its worker takes the token (pace).  Each is counted as admitted once.
-    from edged import config as config_mod
-    from edged.server.powerctl import DEFERRED, PowerController
-
     clock = FakeClock(T0)
     pc = PowerController(config_mod.load(None, {"power.enabled": False}).power, clock, workers=1, queue_size=8)
     pc.governor.apply_profile(Profile("limited", max_rps=1.0))  # from unlimited: the bucket starts full (1)

@@ -62,7 +62,6 @@ def test_a_part_that_is_no_buffer_fails_before_any_part_leaves(pair):
     # Nothing half-sent is left to glue itself onto the next reply.
     _send_message(router, [*envelope, b"next"])
     assert dealer.poll(5000) and dealer.recv_multipart() == [b"next"]
-    assert not dealer.poll(100)
 
 
 def test_a_part_that_fails_after_others_left_ends_that_message_so_the_next_reply_stands_alone(pair):

@@ -52,6 +52,8 @@ def validate(header: dict[str, Any], frames: list[Any]) -> None:
         raise RequestError("'top_k' must be an integer 0..1000")
     if header.get("priority", "normal") not in PRIORITIES:
         raise RequestError(f"'priority' must be one of {', '.join(PRIORITIES)}")
+    if not isinstance(header.get("wait", False), bool):  # "false" is a truthy string
+        raise RequestError("'wait' must be true or false")
 
 
 def execute(daemon: DaemonAPI, req: Request) -> None:
